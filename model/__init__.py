@@ -1,0 +1,1 @@
+"""StreamDiT model core: pure PyTorch."""

@@ -1,0 +1,1 @@
+"""The StreamDiT Live app."""
