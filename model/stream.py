@@ -1,0 +1,208 @@
+"""The moving buffer: one model call per `step()`, a clean chunk out every s steps.
+
+Text mode: new chunks enter as pure noise and the stream never ends. Video mode (SDEdit
+style): input latent chunks enter noised to the level set by `strength`, and the buffer holds
+only the stages below that level, so lower strength means fewer calls per frame and less
+latency. Noise comes from one seeded CPU generator: the same seed gives the same stream.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from enum import Enum
+
+import torch
+from torch import Tensor, nn
+
+from model.flow import euler_step, interpolate, shift_time
+from model.partition import PartitionScheme
+
+
+class StreamMode(Enum):
+    TEXT = "text"
+    VIDEO = "video"
+
+
+class StreamBuffer:
+    def __init__(
+        self,
+        net: nn.Module,
+        scheme: PartitionScheme,
+        latent_shape: tuple[int, int, int],
+        text: Tensor,
+        text_mask: Tensor | None = None,
+        seed: int = 0,
+        mode: StreamMode = StreamMode.TEXT,
+        strength: float = 1.0,
+        guidance: float = 1.0,
+        null_text: Tensor | None = None,
+        shift: float = 1.0,
+    ):
+        self.net = net.eval()
+        self.scheme = scheme
+        self.latent_shape = tuple(latent_shape)  # (C, H, W)
+        self.sigma_min = net.cfg.sigma_min
+        self.guidance = guidance
+        self.shift = shift
+        param = next(net.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.set_prompt(text, text_mask)
+        self.null_text = None if null_text is None else self._check_text(null_text)
+        self.model_calls = 0
+        self.reset(seed=seed, mode=mode, strength=strength)
+
+    # --- configuration ---------------------------------------------------------------
+
+    def reset(
+        self, seed: int | None = None, mode: StreamMode | None = None, strength: float | None = None
+    ) -> None:
+        """Flush the buffer and the input queue; the next step starts a fresh stream."""
+        self.seed = self.seed if seed is None else seed
+        self.mode = self.mode if mode is None else StreamMode(mode)
+        self.strength = self.strength if strength is None else strength
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        n = self.scheme.chunks
+        # Video mode keeps only the stages below the entry level (at least one).
+        self.stages = n if self.mode is StreamMode.TEXT else max(1, math.ceil(self.strength * n))
+        self.entry_step = (n - self.stages) * self.scheme.micro_steps
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.x: Tensor | None = None  # (1, C, K + stages*c, H, W) float32, once started
+        self.micro = 0
+        self.inputs: deque[Tensor] = deque(maxlen=self.stages + 1)  # oldest dropped first
+        self.last_input: Tensor | None = None
+        self.startup_calls = 0
+
+    def set_prompt(self, text: Tensor, text_mask: Tensor | None = None) -> None:
+        """Swap the text conditioning; applies from the next model call on."""
+        self.text = self._check_text(text)
+        self.text_mask = None if text_mask is None else text_mask.to(self.device).bool()
+
+    def _check_text(self, text: Tensor) -> Tensor:
+        dim = self.net.cfg.text_dim
+        if text.ndim != 3 or text.shape[0] != 1 or text.shape[2] != dim:
+            raise ValueError(f"text must be (1, L, {dim}), got {tuple(text.shape)}")
+        return text.to(self.device, self.dtype)
+
+    @property
+    def chunk_frames(self) -> int:
+        return self.scheme.chunk_size
+
+    @property
+    def latency_steps(self) -> int:
+        """Model calls between a chunk entering the buffer and leaving it."""
+        return self.stages * self.scheme.micro_steps
+
+    # --- input -----------------------------------------------------------------------
+
+    def push(self, latents: Tensor) -> None:
+        """Queue an input chunk (1, C, c, H, W) for video mode; the oldest is dropped when full."""
+        expected = (1, self.latent_shape[0], self.chunk_frames, *self.latent_shape[1:])
+        if tuple(latents.shape) != expected:
+            raise ValueError(f"input chunk must be {expected}, got {tuple(latents.shape)}")
+        self.inputs.append(latents.detach().float().cpu())
+
+    # --- the schedule ----------------------------------------------------------------
+
+    def _time(self, steps: Tensor) -> Tensor:
+        return shift_time(steps.double() / self.scheme.total_steps, self.shift)
+
+    def _frame_steps(self, micro: int) -> Tensor:
+        """(frames,) steps taken by each frame of the (possibly shortened) buffer."""
+        k, s, c = self.scheme.ref_frames, self.scheme.micro_steps, self.chunk_frames
+        refs = torch.full((k,), self.scheme.total_steps)
+        positions = torch.arange(self.stages - 1, -1, -1).repeat_interleave(c)  # oldest first
+        return torch.cat([refs, self.entry_step + positions * s + micro])
+
+    def _noise(self, frames: int) -> Tensor:
+        c, h, w = self.latent_shape
+        return torch.randn(1, c, frames, h, w, generator=self.generator)
+
+    def _enter(self, clean: Tensor | None, steps: int) -> Tensor:
+        """A chunk at `steps`: noise, or `clean` noised to that level."""
+        eps = self._noise(self.chunk_frames)
+        if clean is None:
+            return eps
+        return interpolate(eps, clean, self._time(torch.tensor(steps)).item(), self.sigma_min)
+
+    def _next_input(self) -> Tensor:
+        if self.inputs:
+            self.last_input = self.inputs.popleft()
+        if self.last_input is None:
+            raise RuntimeError("video mode needs an input chunk: call push() first")
+        return self.last_input  # no new input in time: repeat the last one, never stall
+
+    # --- stepping --------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _velocity(self, x: Tensor, t: Tensor) -> Tensor:
+        """One model call (two stacked, with guidance) on x (1, C, F, H, W) at times t (F,)."""
+        x_in, t_in = x.to(self.device, self.dtype), t[None].to(self.device, torch.float32)
+        if self.guidance == 1.0:
+            v = self.net(x_in, t_in, self.text, self.text_mask)
+        else:
+            null = self.null_text if self.null_text is not None else torch.zeros_like(self.text)
+            if null.shape[1] != self.text.shape[1]:
+                raise ValueError("null_text must have the prompt's length for guidance")
+            mask = None
+            if self.text_mask is not None:
+                mask = torch.cat([self.text_mask, torch.ones_like(self.text_mask)])
+            both = self.net(
+                x_in.repeat(2, 1, 1, 1, 1), t_in.repeat(2, 1), torch.cat([self.text, null]), mask
+            )
+            cond, uncond = both.chunk(2)
+            v = uncond + self.guidance * (cond - uncond)
+        self.model_calls += 1
+        return v.float().cpu()
+
+    def _start(self) -> bool:
+        """Fill the staircase. Returns False while video mode still waits for input."""
+        k, c = self.scheme.ref_frames, self.chunk_frames
+        steps = self._frame_steps(0)
+        if self.mode is StreamMode.VIDEO:
+            if len(self.inputs) < self.stages:
+                return False
+            chunks = [self._next_input() for _ in range(self.stages)]  # oldest first
+            refs = chunks[0][:, :, -1:].expand(-1, -1, k, -1, -1)  # clean input as reference
+            noised = [self._enter(ch, int(steps[k + i * c])) for i, ch in enumerate(chunks)]
+            self.x = torch.cat([refs, *noised], dim=2)
+            return True
+        # Text mode, as the paper does: one uniform generation over the whole buffer, caching
+        # the latents of every step; each frame then takes the cached latent of its own level.
+        calls_before = self.model_calls
+        x = self._noise(k + self.stages * c)
+        cache = [x]
+        for j in range(int(steps.max())):
+            t = self._time(torch.tensor([j, j + 1]))
+            x = euler_step(
+                x, self._velocity(x, t[0].float().expand(x.shape[2])), (t[1] - t[0]).item()
+            )
+            cache.append(x)
+        self.x = torch.stack([cache[int(j)][:, :, f] for f, j in enumerate(steps)], dim=2)
+        self.startup_calls = self.model_calls - calls_before
+        return True
+
+    def step(self) -> Tensor | None:
+        """One model call over the whole buffer. Returns the chunk (1, C, c, H, W) that
+        became clean in this step, or None (also None while video mode waits for input)."""
+        if self.x is None and not self._start():
+            return None
+        k, c = self.scheme.ref_frames, self.chunk_frames
+        steps = self._frame_steps(self.micro)
+        t, t_next = (
+            self._time(steps),
+            self._time(torch.clamp(steps + 1, max=self.scheme.total_steps)),
+        )
+        dt = (t_next - t).float()[None, None, :, None, None]  # (1, 1, F, 1, 1); 0 on refs
+        self.x = euler_step(self.x, self._velocity(self.x, t.float()), dt)
+        self.micro += 1
+        if self.micro < self.scheme.micro_steps:
+            return None
+        self.micro = 0
+        out = self.x[:, :, k : k + c].clone()  # the oldest chunk, now at t = 1
+        refs = torch.cat([self.x[:, :, :k], out], dim=2)[:, :, c:] if k else self.x[:, :, :0]
+        clean = self._next_input() if self.mode is StreamMode.VIDEO else None
+        new = self._enter(clean, self.entry_step)
+        self.x = torch.cat([refs, self.x[:, :, k + c :], new], dim=2)
+        return out
