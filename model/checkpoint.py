@@ -69,7 +69,8 @@ def load_checkpoint(
     meta = read_metadata(path)
     if meta.get("kind") != kind:
         raise CheckpointError(
-            f"{path} holds a {meta.get('kind')!r} checkpoint, expected {kind!r}; pick the right file"
+            f"{path} holds a {meta.get('kind')!r} checkpoint, expected {kind!r}; "
+            "pick the right file"
         )
     if "config" not in meta:
         raise CheckpointError(f"{path} has no config in its metadata; it was not saved by us")

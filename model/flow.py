@@ -43,6 +43,8 @@ def shift_time(t: Tensor, shift: float) -> Tensor:
     """
     if shift <= 0:
         raise ValueError(f"shift must be > 0, got {shift}")
+    if shift == 1.0:
+        return t  # exact identity, no round-off
     s = 1 - t
     return 1 - shift * s / (1 + (shift - 1) * s)
 

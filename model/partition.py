@@ -28,8 +28,8 @@ class PartitionScheme:
     def __post_init__(self) -> None:
         if self.ref_frames < 0 or self.chunks < 1 or self.chunk_size < 1 or self.micro_steps < 1:
             raise ValueError(
-                f"need ref_frames >= 0 and chunks, chunk_size, micro_steps >= 1, got K={self.ref_frames}, "
-                f"N={self.chunks}, c={self.chunk_size}, s={self.micro_steps}"
+                "need ref_frames >= 0 and chunks, chunk_size, micro_steps >= 1, got "
+                f"K={self.ref_frames}, N={self.chunks}, c={self.chunk_size}, s={self.micro_steps}"
             )
 
     @property

@@ -1,0 +1,109 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from model.attention import apply_rope, plan_windows, rope_tables, window_attention, window_mask
+
+
+def _naive_mask(grid, window, shifted):
+    """L x L allowed-pairs mask built from token coordinates alone, independently of the
+    roll/pad/einops implementation: same window after the cyclic shift, and never across the
+    wrap-around seam."""
+    plan = plan_windows(grid, window, shifted)
+    coords = list(itertools.product(*(range(g) for g in grid)))
+    L = len(coords)
+    mask = torch.zeros(L, L, dtype=torch.bool)
+    for i, a in enumerate(coords):
+        for j, b in enumerate(coords):
+            ok = True
+            for ax in range(3):
+                p, w, s = plan.padded[ax], plan.window[ax], plan.shift[ax]
+                ra, rb = (a[ax] - s) % p, (b[ax] - s) % p  # rolled positions
+                wrap_a, wrap_b = a[ax] < s, b[ax] < s  # came round from the start
+                ok &= ra // w == rb // w and wrap_a == wrap_b
+            mask[i, j] = ok
+    return mask
+
+
+def _reference(q, k, v, mask):
+    """Full attention in float64 with an explicit mask. q, k, v: (B, L, Nh, Dh)."""
+    q, k, v = (x.double().transpose(1, 2) for x in (q, k, v))  # (B, Nh, L, Dh)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    out = scores.softmax(-1) @ v  # (B, Nh, L, Dh)
+    return out.transpose(1, 2).flatten(2)
+
+
+def _qkv(grid, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    L = math.prod(grid)
+    return [torch.randn(2, L, 2, 8, generator=g) for _ in range(3)]
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+@pytest.mark.parametrize("grid", [(2, 4, 4), (3, 5, 6), (4, 8, 8)])
+def test_window_covering_the_grid_is_full_attention(grid, shifted):
+    q, k, v = _qkv(grid)
+    plan = plan_windows(grid, (64, 64, 64), shifted)
+    assert plan.num_windows == 1 and plan.shift == (0, 0, 0)
+    out = window_attention(q, k, v, plan, window_mask(plan, q.device))
+    assert torch.allclose(out.double(), _reference(q, k, v, None), atol=1e-5)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+@pytest.mark.parametrize(
+    "grid,window", [((4, 8, 8), (2, 4, 4)), ((3, 6, 10), (2, 4, 4)), ((5, 4, 7), (4, 2, 3))]
+)
+def test_windows_equal_masked_full_attention(grid, window, shifted):
+    """Covers exact tiling, padding (grid not a multiple of the window) and the shift."""
+    q, k, v = _qkv(grid, seed=1)
+    plan = plan_windows(grid, window, shifted)
+    out = window_attention(q, k, v, plan, window_mask(plan, q.device))
+    expected = _reference(q, k, v, _naive_mask(grid, window, shifted))
+    assert torch.allclose(out.double(), expected, atol=1e-5)
+
+
+def test_shifted_windows_never_mix_tokens_wrapped_around_an_edge():
+    grid, window = (2, 8, 8), (2, 4, 4)
+    plan = plan_windows(grid, window, shifted=True)
+    assert plan.shift == (0, 2, 2)
+    q, k, v = _qkv(grid, seed=2)
+    out = window_attention(q, k, v, plan, window_mask(plan, q.device))
+    # Token (0, 0, 3) is rolled next to (0, 7, 3): same window, opposite edges of the grid.
+    first, last = 0 * 64 + 0 * 8 + 3, 0 * 64 + 7 * 8 + 3
+    k2, v2 = k.clone(), v.clone()
+    k2[:, first] += 5.0
+    v2[:, first] += 5.0
+    out2 = window_attention(q, k2, v2, plan, window_mask(plan, q.device))
+    assert torch.equal(out[:, last], out2[:, last])  # the seam holds
+    assert not torch.allclose(out[:, first], out2[:, first])  # the change is real
+    # Without the mask they would have mixed: same rolled window.
+    assert _naive_mask(grid, (2, 8, 8), False)[first, last]
+
+
+def test_unshifted_exact_tiling_needs_no_mask():
+    plan = plan_windows((4, 8, 8), (2, 4, 4), shifted=False)
+    assert window_mask(plan, torch.device("cpu")) is None
+    assert plan.num_windows == 8 and plan.window_tokens == 32
+
+
+def test_rope_is_relative_dot_products_depend_on_offsets_only():
+    grid, dh = (4, 6, 6), 24
+    rope = rope_tables(grid, dh, 10000.0, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    base_q, base_k = torch.randn(dh, generator=g), torch.randn(dh, generator=g)
+    L = math.prod(grid)
+    q = apply_rope(base_q.expand(1, L, 1, dh), rope)[0, :, 0]  # same vector at every token
+    k = apply_rope(base_k.expand(1, L, 1, dh), rope)[0, :, 0]
+
+    def idx(f, h, w):
+        return (f * 6 + h) * 6 + w
+
+    # Same offset (1, 2, -1) at two places gives the same score.
+    s1 = q[idx(0, 0, 3)] @ k[idx(1, 2, 2)]
+    s2 = q[idx(2, 3, 4)] @ k[idx(3, 5, 3)]
+    assert torch.allclose(s1, s2, atol=1e-4)
+    assert torch.allclose(q.norm(dim=-1), base_q.norm().expand(L), atol=1e-4)

@@ -1,0 +1,139 @@
+import pytest
+import torch
+
+from model import CONFIGS, StreamDiT
+
+
+def _random_net(cfg, seed=0):
+    """A network with every weight random (the real init zeroes the gates and the head)."""
+    torch.manual_seed(seed)
+    net = StreamDiT(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.2)
+    return net.eval()
+
+
+def _inputs(cfg, b, f, h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, cfg.latent_channels, f, h, w, generator=g)
+    t = torch.rand(b, f, generator=g)
+    text = torch.randn(b, 5, cfg.text_dim, generator=g)
+    return x, t, text
+
+
+TINY = CONFIGS["tiny"]
+
+
+@pytest.mark.parametrize("grid", [(4, 16, 16), (1, 8, 8), (3, 10, 14), (6, 16, 8)])
+def test_output_shape_matches_input_for_several_grids(grid):
+    net = _random_net(TINY)
+    x, t, text = _inputs(TINY, 2, *grid)
+    with torch.no_grad():
+        v = net(x, t, text)
+    assert v.shape == x.shape and v.dtype == x.dtype and torch.isfinite(v).all()
+
+
+def test_fresh_network_is_the_zero_map_adaln_zero():
+    net = StreamDiT(TINY)
+    x, t, text = _inputs(TINY, 1, 4, 16, 16)
+    assert torch.count_nonzero(net(x, t, text)) == 0
+
+
+def test_modulation_is_per_frame():
+    # Windows one frame deep: no attention across frames, so frame f depends on t[f] only.
+    cfg = TINY.replace(window=(1, 8, 8))
+    net = _random_net(cfg)
+    x, t, text = _inputs(cfg, 1, 4, 16, 16)
+    t2 = t.clone()
+    t2[0, 2] = 1.0 - t2[0, 2]
+    with torch.no_grad():
+        a, b = net(x, t, text), net(x, t2, text)
+    changed = (a - b).abs().amax(dim=(0, 1, 3, 4))  # per frame
+    assert changed[2] > 1e-3
+    assert torch.all(changed[[0, 1, 3]] == 0)
+
+
+def test_scalar_time_equals_constant_per_frame_time():
+    net = _random_net(TINY)
+    x, _, text = _inputs(TINY, 2, 4, 16, 16)
+    t = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        assert torch.allclose(net(x, t, text), net(x, t[:, None].expand(2, 4), text))
+
+
+def test_batch_elements_are_independent():
+    net = _random_net(TINY)
+    x, t, text = _inputs(TINY, 2, 4, 16, 16)
+    x2 = x.clone()
+    x2[1] = torch.randn_like(x2[1])
+    with torch.no_grad():
+        assert torch.allclose(net(x, t, text)[0], net(x2, t, text)[0], atol=1e-5)
+
+
+def test_text_mask_hides_padding_tokens():
+    net = _random_net(TINY)
+    x, t, text = _inputs(TINY, 1, 4, 16, 16)
+    mask = torch.tensor([[True, True, True, False, False]])
+    text2 = text.clone()
+    text2[:, 3:] = 100.0
+    with torch.no_grad():
+        assert torch.allclose(net(x, t, text, mask), net(x, t, text2, mask), atol=1e-5)
+        assert not torch.allclose(net(x, t, text), net(x, t, text2), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"qk_norm": False},
+        {"adaln_single": False},
+        {"cross_attn_norm": False},
+        {"patch_size": (2, 2, 2)},
+        {"patch_size": (1, 1, 1), "window": (2, 8, 8)},
+    ],
+    ids=str,
+)
+def test_variants_are_config_switches(changes):
+    cfg = TINY.replace(**changes)
+    net = _random_net(cfg)
+    x, t, text = _inputs(cfg, 1, 4, 16, 16)
+    with torch.no_grad():
+        v = net(x, t, text)
+    assert v.shape == x.shape and torch.isfinite(v).all()
+    names = set(dict(net.named_parameters()))
+    assert ("blocks.0.modulation" in names) == cfg.adaln_single
+    assert ("blocks.0.adaLN_modulation.1.weight" in names) == (not cfg.adaln_single)
+    assert ("blocks.0.self_attn.norm_q.weight" in names) == cfg.qk_norm
+    assert ("blocks.0.norm3.weight" in names) == cfg.cross_attn_norm
+
+
+def test_bfloat16_forward_runs():
+    net = _random_net(TINY).to(torch.bfloat16)
+    x, t, text = _inputs(TINY, 1, 4, 16, 16)
+    with torch.no_grad():
+        v = net(x.bfloat16(), t, text)
+    assert v.dtype == torch.bfloat16 and torch.isfinite(v.float()).all()
+
+
+def test_wrong_inputs_give_clear_errors():
+    net = StreamDiT(TINY)
+    x, t, text = _inputs(TINY, 1, 4, 16, 16)
+    with pytest.raises(ValueError, match=r"\(B, 4, F, H, W\)"):
+        net(x[:, :3], t, text)
+    with pytest.raises(ValueError, match="divisible by the patch size"):
+        net(x[..., :15], t, text)
+    with pytest.raises(ValueError, match="t must be"):
+        net(x, t[:, :3], text)
+    with pytest.raises(ValueError, match="text must be"):
+        net(x, t, text[..., :10])
+
+
+def test_presets_build_and_the_4b_count_on_meta():
+    counts = {}
+    for name, cfg in CONFIGS.items():
+        with torch.device("meta"):
+            net = StreamDiT(cfg)
+        counts[name] = sum(p.numel() for p in net.parameters())
+    assert counts["tiny"] < 1e6
+    assert 5e6 <= counts["cpu"] <= 15e6
+    assert 3.6e9 <= counts["4b"] <= 4.4e9
