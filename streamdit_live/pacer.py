@@ -1,0 +1,313 @@
+"""Turn bursts of frames into a steady stream at a target fps: a jitter buffer.
+
+The engine emits a whole chunk of frames at once (c or 4c frames per model call), while a
+virtual camera wants one frame every 1/fps seconds. The pacer buffers the bursts and plays
+them out on a fixed tick:
+
+- priming: playback (re)starts only once `target_depth` frames are buffered;
+- spreading: when the input is slower than the output, new frames are shown at the measured
+  input rate and held (repeated) in between, so a burst does not flash by and then freeze;
+- underrun: an empty buffer repeats the last frame and primes again;
+- latency: if the buffer never drained below `target_depth` during a window of `window_s`
+  seconds, the surplus is stale latency and the oldest frames are dropped; `max_depth` is
+  a hard bound enforced on push (oldest dropped).
+
+`push`, `pull` and `flush` are pure functions of (state, now): tests drive them with a fake
+clock. `PacedOutput` is the thin threaded wrapper that runs them on the real clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SPREAD_BELOW = 0.9  # spread frames out only when the input runs below 90 % of the output fps
+CREDIT_SLACK = 1e-6  # float rounding must not turn a due frame into a repeat
+DUE_SLACK_S = 1e-6  # nor a tick due now into a wait
+
+
+class PacerEvent(Enum):
+    WAIT = "wait"  # the next tick is not due yet; no frame
+    EMPTY = "empty"  # a tick is due but there is nothing to show yet
+    EMITTED = "emitted"  # a new frame
+    REPEATED = "repeated"  # the previous frame again (priming, underrun, or holding slow input)
+    DROPPED = "dropped"  # a new frame, shown after dropping stale ones to cut latency
+
+
+@dataclass(frozen=True)
+class PacerConfig:
+    fps: float
+    target_depth: int = 2
+    max_depth: int = 64
+    window_s: float = 2.0
+    rate_smoothing: float = 0.25  # weight of the newest interval in the input-rate average
+
+    def __post_init__(self) -> None:
+        if not self.fps > 0:
+            raise ValueError(f"PacerConfig: fps must be positive, got {self.fps}.")
+        if not 1 <= self.target_depth <= self.max_depth:
+            raise ValueError(
+                "PacerConfig: need 1 <= target_depth <= max_depth, got "
+                f"target_depth={self.target_depth}, max_depth={self.max_depth}."
+            )
+        if not self.window_s > 0 or not 0 < self.rate_smoothing <= 1:
+            raise ValueError(
+                "PacerConfig: window_s must be positive and rate_smoothing in (0, 1], got "
+                f"window_s={self.window_s}, rate_smoothing={self.rate_smoothing}."
+            )
+
+
+@dataclass(frozen=True)
+class PacerState(Generic[T]):
+    config: PacerConfig
+    buffer: tuple[T, ...] = ()
+    last: T | None = None  # the frame shown last, repeated on underrun
+    next_due: float | None = None  # time of the next output tick; None until the first push
+    priming: bool = True
+    credit: float = 0.0  # fractional new frames owed to the output (spreading slow input)
+    input_rate: float | None = None  # measured frames/s arriving, averaged over pushes
+    last_push: float | None = None
+    unrated: int = 0  # frames pushed at the same instant as the previous push, not yet rated
+    window_start: float | None = None
+    window_min_depth: int | None = None
+    emitted: int = 0
+    repeated: int = 0
+    dropped: int = 0
+    underruns: int = 0
+
+    @property
+    def depth(self) -> int:
+        return len(self.buffer)
+
+
+def new_pacer(config: PacerConfig) -> PacerState[Any]:
+    return PacerState(config=config)
+
+
+def content_rate(state: PacerState[Any]) -> float:
+    """Frames per second at which buffered frames are consumed.
+
+    The measured input rate when it is clearly below fps (spreading slow input evenly);
+    otherwise fps, since near-equal rates are better served by priming and trimming than by
+    holds that would follow every wobble of the measurement.
+    """
+    fps, rate = state.config.fps, state.input_rate
+    return fps if rate is None or rate >= SPREAD_BELOW * fps else rate
+
+
+def buffered_seconds(state: PacerState[Any]) -> float:
+    """How long the buffered frames take to play out: the pacer's share of the latency."""
+    return state.depth / content_rate(state)
+
+
+def next_wakeup(state: PacerState[Any]) -> float | None:
+    """When `pull` next has something to do; None until frames have been pushed."""
+    return state.next_due
+
+
+def push(state: PacerState[T], frames: Sequence[T], now: float) -> PacerState[T]:
+    """Add a burst of frames (oldest first) that arrived at `now`."""
+    cfg, n = state.config, len(frames)
+    if n == 0:
+        return state
+    rate, last_push, unrated = state.input_rate, state.last_push, state.unrated
+    if last_push is None:
+        last_push = now
+    elif now > last_push:
+        instant = (unrated + n) / (now - last_push)
+        rate = instant if rate is None else rate + cfg.rate_smoothing * (instant - rate)
+        last_push, unrated = now, 0
+    else:  # same instant (or a clock that went backwards): rate these frames with the next push
+        unrated += n
+    buffer = state.buffer + tuple(frames)
+    overflow = max(0, len(buffer) - cfg.max_depth)
+    return dataclasses.replace(
+        state,
+        buffer=buffer[overflow:],
+        next_due=now if state.next_due is None else state.next_due,
+        input_rate=rate,
+        last_push=last_push,
+        unrated=unrated,
+        dropped=state.dropped + overflow,
+    )
+
+
+def pull(state: PacerState[T], now: float) -> tuple[PacerState[T], T | None, PacerEvent]:
+    """Advance to `now`: at most one output tick, returning the frame to show and why."""
+    cfg = state.config
+    if state.next_due is None or now < state.next_due - DUE_SLACK_S:
+        return state, None, PacerEvent.WAIT
+    period = 1.0 / cfg.fps
+    next_due = state.next_due + period
+    if next_due <= now:  # the caller stalled for more than a tick: skip the missed ticks
+        next_due = now + period
+    buffer, credit, priming = list(state.buffer), state.credit, state.priming
+    window_start, window_min = state.window_start, state.window_min_depth
+    dropped, underruns = 0, state.underruns
+
+    if priming:
+        if len(buffer) >= cfg.target_depth:
+            priming, credit = False, 1.0  # show the first frame right away
+            window_start, window_min = now, None
+    else:
+        credit = min(credit + content_rate(state) / cfg.fps, 2.0)
+        if window_start is not None and now - window_start >= cfg.window_s:
+            # The buffer never drained below window_min: that many frames beyond the target
+            # are pure latency, so drop the oldest of them.
+            surplus = 0 if window_min is None else window_min - cfg.target_depth
+            if 0 < surplus < len(buffer):
+                del buffer[:surplus]
+                dropped = surplus
+            window_start, window_min = now, None
+
+    frame, event = state.last, PacerEvent.REPEATED
+    if not priming and credit >= 1.0 - CREDIT_SLACK:
+        if buffer:
+            frame = buffer.pop(0)
+            credit -= 1.0
+            event = PacerEvent.DROPPED if dropped else PacerEvent.EMITTED
+        else:  # underrun: hold the last frame and buffer up again before resuming
+            priming, credit, underruns = True, 0.0, underruns + 1
+            window_start, window_min = None, None
+    if not priming:
+        window_min = len(buffer) if window_min is None else min(window_min, len(buffer))
+    if frame is None:
+        event = PacerEvent.EMPTY
+    new_frame = event in (PacerEvent.EMITTED, PacerEvent.DROPPED)
+    state = dataclasses.replace(
+        state,
+        buffer=tuple(buffer),
+        last=frame,
+        next_due=next_due,
+        priming=priming,
+        credit=credit,
+        window_start=window_start,
+        window_min_depth=window_min,
+        emitted=state.emitted + int(new_frame),
+        repeated=state.repeated + int(event is PacerEvent.REPEATED),
+        dropped=state.dropped + dropped,
+        underruns=underruns,
+    )
+    return state, frame, event
+
+
+def flush(state: PacerState[T], keep_last: bool = False) -> PacerState[T]:
+    """Drop every buffered frame (a reset: no stale frame may follow) and prime again.
+
+    With keep_last=False the last shown frame is forgotten too, so nothing is repeated
+    until new frames arrive; the counters and the measured input rate survive.
+    """
+    return dataclasses.replace(
+        state,
+        buffer=(),
+        last=state.last if keep_last else None,
+        priming=True,
+        credit=0.0,
+        window_start=None,
+        window_min_depth=None,
+        dropped=state.dropped + state.depth,
+    )
+
+
+class FrameWriter(Protocol):
+    def write(self, frame: np.ndarray) -> None: ...
+
+
+class PacedOutput(Generic[T]):
+    """Runs the pacer on a thread with a real clock and writes each tick's frame to `output`.
+
+    The engine calls `push(frames)` from its own thread. Items may be frames or anything
+    carrying one (give `frame_of`); `on_emit(item, event, now)` sees every written tick, e.g.
+    for metrics. Errors from `output` or `on_emit` are logged and the ticks go on.
+    """
+
+    def __init__(
+        self,
+        output: FrameWriter,
+        config: PacerConfig,
+        *,
+        frame_of: Callable[[T], np.ndarray] | None = None,
+        on_emit: Callable[[T, PacerEvent, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._output = output
+        self._frame_of = frame_of
+        self._on_emit = on_emit
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._state: PacerState[T] = PacerState(config=config)
+        self._closed = False
+        self._errors = 0
+        self._thread = threading.Thread(target=self._run, name="paced-output", daemon=True)
+
+    def start(self) -> PacedOutput[T]:
+        self._thread.start()
+        return self
+
+    def push(self, frames: Sequence[T]) -> None:
+        with self._cond:
+            self._state = push(self._state, frames, self._clock())
+            self._cond.notify_all()
+
+    def flush(self, keep_last: bool = False) -> None:
+        with self._cond:
+            self._state = flush(self._state, keep_last)
+            self._cond.notify_all()
+
+    @property
+    def state(self) -> PacerState[T]:
+        """A snapshot (immutable) of the pacer: depth, counters, input rate."""
+        with self._cond:
+            return self._state
+
+    def close(self, timeout: float = 2.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> PacedOutput[T]:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                now = self._clock()
+                self._state, item, event = pull(self._state, now)
+                if item is None:
+                    wake = next_wakeup(self._state)
+                    # Woken early by push/flush/close; the timeout is the next tick, not a poll.
+                    timeout = 1.0 if wake is None else max(0.0, wake - self._clock())
+                    if timeout > 0:
+                        self._cond.wait(timeout)
+                    continue
+            self._write(item, event, now)
+
+    def _write(self, item: T, event: PacerEvent, now: float) -> None:
+        try:
+            frame = item if self._frame_of is None else self._frame_of(item)
+            self._output.write(frame)  # type: ignore[arg-type]
+            if self._on_emit is not None:
+                self._on_emit(item, event, now)
+        except Exception:
+            self._errors += 1
+            if self._errors == 1 or self._errors % 1000 == 0:  # do not flood the log at 30 fps
+                log.exception("paced output: writing a frame failed (%d so far)", self._errors)

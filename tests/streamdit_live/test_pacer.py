@@ -1,0 +1,199 @@
+"""The pacer as pure functions over a fake clock, plus a short run of PacedOutput."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from streamdit_live.pacer import (
+    PacedOutput,
+    PacerConfig,
+    PacerEvent,
+    buffered_seconds,
+    flush,
+    new_pacer,
+    next_wakeup,
+    pull,
+    push,
+)
+
+FPS = 30.0
+TICK = 1 / FPS
+
+
+def run(state, bursts, ticks):
+    """Feed `bursts` ({tick index: frames}) and pull once per tick; return (state, outputs)."""
+    outputs = []
+    for i in range(ticks):
+        now = i * TICK + 1e-9
+        if i in bursts:
+            state = push(state, bursts[i], now)
+        state, frame, event = pull(state, now)
+        outputs.append((frame, event))
+    return state, outputs
+
+
+def test_config_is_checked():
+    with pytest.raises(ValueError, match="fps"):
+        PacerConfig(fps=0)
+    with pytest.raises(ValueError, match="target_depth"):
+        PacerConfig(fps=30, target_depth=10, max_depth=4)
+
+
+def test_nothing_happens_before_the_first_push_or_before_a_tick_is_due():
+    state = new_pacer(PacerConfig(fps=FPS))
+    assert pull(state, 5.0) == (state, None, PacerEvent.WAIT)
+    assert next_wakeup(state) is None
+    state = push(state, ["a", "b"], 1.0)
+    assert next_wakeup(state) == 1.0
+    state, frame, event = pull(state, 1.0)
+    assert (frame, event) == ("a", PacerEvent.EMITTED)
+    assert pull(state, 1.0 + TICK / 2)[2] is PacerEvent.WAIT  # the next tick is not due yet
+    assert next_wakeup(state) == pytest.approx(1.0 + TICK)
+
+
+def test_steady_input_passes_through_in_order():
+    state = new_pacer(PacerConfig(fps=FPS, target_depth=1))
+    state, outputs = run(state, {i: [i] for i in range(60)}, 60)
+    assert [f for f, _ in outputs] == list(range(60))
+    assert {e for _, e in outputs} == {PacerEvent.EMITTED}
+    assert (state.repeated, state.dropped, state.underruns) == (0, 0, 0)
+
+
+def test_bursts_at_the_output_rate_become_one_frame_per_tick():
+    # A chunk of 8 frames every 8 ticks, like an engine emitting a chunk per model call.
+    bursts = {k * 8: list(range(k * 8, k * 8 + 8)) for k in range(10)}
+    state = new_pacer(PacerConfig(fps=FPS, target_depth=2))
+    state, outputs = run(state, bursts, 80)
+    assert [f for f, _ in outputs] == list(range(80))
+    assert state.repeated == 0 and state.dropped == 0
+    assert state.input_rate == pytest.approx(FPS)
+
+
+def test_slow_bursty_input_is_spread_evenly_not_flashed_then_frozen():
+    # 12 fps input arriving as bursts of 4 frames every 10 ticks (1/3 s), output at 30 fps.
+    bursts = {k * 10: list(range(k * 4, k * 4 + 4)) for k in range(30)}
+    state = new_pacer(PacerConfig(fps=FPS, target_depth=2))
+    state, outputs = run(state, bursts, 300)
+    assert state.input_rate == pytest.approx(12.0)
+    new_ticks = [i for i, (_, e) in enumerate(outputs) if e is PacerEvent.EMITTED]
+    frames = [outputs[i][0] for i in new_ticks]
+    assert frames == sorted(frames) and len(set(frames)) == len(frames)  # in order, no repeats
+    late = [b - a for a, b in zip(new_ticks[40:], new_ticks[41:], strict=False)]
+    # Once the rate is measured, a new frame every 2 or 3 ticks (30/12 = 2.5), never a freeze.
+    assert set(late) <= {2, 3}, late
+    assert all(e in (PacerEvent.EMITTED, PacerEvent.REPEATED) for _, e in outputs[1:])
+
+
+def test_underrun_repeats_the_last_frame_then_primes_again():
+    state = new_pacer(PacerConfig(fps=FPS, target_depth=2))
+    state, outputs = run(state, {0: ["a", "b"]}, 5)
+    assert outputs[:2] == [("a", PacerEvent.EMITTED), ("b", PacerEvent.EMITTED)]
+    assert outputs[2:] == [("b", PacerEvent.REPEATED)] * 3
+    assert state.underruns == 1 and state.priming
+    state = push(state, ["c"], 5 * TICK + 1e-6)  # below target depth: keep holding "b"
+    state, frame, event = pull(state, 5 * TICK + 1e-6)
+    assert (frame, event) == ("b", PacerEvent.REPEATED)
+    state = push(state, ["d"], 6 * TICK + 1e-6)
+    state, frame, event = pull(state, 6 * TICK + 1e-6)
+    assert (frame, event) == ("c", PacerEvent.EMITTED)
+
+
+def test_push_over_max_depth_drops_the_oldest():
+    state = new_pacer(PacerConfig(fps=FPS, target_depth=2, max_depth=4))
+    state = push(state, list(range(10)), 0.0)
+    assert state.buffer == (6, 7, 8, 9) and state.dropped == 6
+
+
+def test_standing_surplus_is_trimmed_to_the_target_depth():
+    # One frame per tick, but an extra burst of 12 early: without trimming, 12 frames of
+    # latency would stay forever because input and output rates match.
+    bursts = {i: [i] for i in range(200)}
+    bursts[3] = [3, *[f"x{k}" for k in range(12)]]
+    cfg = PacerConfig(fps=FPS, target_depth=2, window_s=1.0)
+    state, outputs = run(new_pacer(cfg), bursts, 200)
+    events = [e for _, e in outputs]
+    assert PacerEvent.DROPPED in events
+    assert state.depth <= cfg.target_depth + 1
+    assert buffered_seconds(state) <= (cfg.target_depth + 1) / FPS
+    shown = [f for f, e in outputs if e in (PacerEvent.EMITTED, PacerEvent.DROPPED)]
+    ints = [f for f in shown if isinstance(f, int)]
+    assert ints == sorted(ints)  # dropping never reorders
+
+
+def test_flush_forgets_buffered_frames():
+    state = new_pacer(PacerConfig(fps=FPS, target_depth=1))
+    state = push(state, ["old1", "old2", "old3"], 0.0)
+    state, frame, _ = pull(state, 0.0)
+    assert frame == "old1"
+    flushed = flush(state)
+    assert flushed.depth == 0 and flushed.dropped == 2
+    assert pull(flushed, TICK)[1:] == (None, PacerEvent.EMPTY)  # no stale frame follows
+    kept = flush(state, keep_last=True)
+    assert pull(kept, TICK)[1:] == ("old1", PacerEvent.REPEATED)
+    fresh = push(flushed, ["new"], 2 * TICK)
+    assert pull(fresh, 2 * TICK)[1:] == ("new", PacerEvent.EMITTED)
+
+
+def test_a_stalled_caller_skips_missed_ticks_instead_of_bursting():
+    state = push(new_pacer(PacerConfig(fps=FPS, target_depth=1)), list(range(10)), 0.0)
+    state, _, _ = pull(state, 0.0)
+    state, frame, _ = pull(state, 1.0)  # 30 ticks late
+    assert frame == 1
+    assert pull(state, 1.0)[2] is PacerEvent.WAIT
+    assert next_wakeup(state) == pytest.approx(1.0 + TICK)
+
+
+class Recorder:
+    def __init__(self, want: int) -> None:
+        self.frames: list[np.ndarray] = []
+        self.done = threading.Event()
+        self.want = want
+
+    def write(self, frame: np.ndarray) -> None:
+        self.frames.append(frame)
+        if len(self.frames) >= self.want:
+            self.done.set()
+
+
+def test_paced_output_writes_a_burst_in_order_on_a_real_clock():
+    recorder = Recorder(want=12)
+    events = []
+    frames = [np.full((2, 2, 3), i, np.uint8) for i in range(10)]
+    config = PacerConfig(fps=200.0, target_depth=2)
+    with PacedOutput(recorder, config, on_emit=lambda item, ev, now: events.append(ev)) as out:
+        out.push(frames)
+        assert recorder.done.wait(5.0), "the paced output stalled"
+    values = [int(f[0, 0, 0]) for f in recorder.frames]
+    assert values[:10] == list(range(10)) and values[10:12] == [9, 9]  # then repeats the last
+    assert events[:10] == [PacerEvent.EMITTED] * 10 and events[10] is PacerEvent.REPEATED
+
+
+def test_paced_bursts_into_a_real_recording(tmp_path):
+    import cv2
+
+    from streamdit_live.sinks import SinkSet, open_sink
+    from streamdit_live.sources import demo_frame
+
+    path = str(tmp_path / "paced.avi")
+    emitted = threading.Event()
+    new_frames = []
+
+    def on_emit(item, event, now):
+        if event is PacerEvent.EMITTED:
+            new_frames.append(item)
+            if len(new_frames) == 20:
+                emitted.set()
+
+    with SinkSet([open_sink(f"file:{path}", 48, 32, 100.0)]) as outputs:
+        with PacedOutput(outputs, PacerConfig(fps=100.0, target_depth=2), on_emit=on_emit) as out:
+            for k in range(4):  # four bursts of five frames, as an engine emits chunks
+                out.push([demo_frame(5 * k + i, 48, 32) for i in range(5)])
+            assert emitted.wait(5.0), "the paced output stalled"
+        written = outputs.sinks[0].frames_written
+    cap = cv2.VideoCapture(path)
+    count = 0
+    while count < 10_000 and cap.read()[0]:
+        count += 1
+    cap.release()
+    assert written >= 20 and count == written  # every paced tick reached the file
