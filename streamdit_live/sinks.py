@@ -4,27 +4,30 @@ Every sink takes uint8 RGB (H, W, 3) frames, fits them to the size it was opened
 returns quickly: the window and MJPEG sinks hand frames to their own process or threads
 through latest-wins buffers, so a stalled viewer never stalls the stream. `SinkSet` writes
 to several sinks at once and drops (with one logged sentence) a sink that fails.
+
+This module holds the output specs and their parsing, the virtual camera and file sinks, and
+`open_sink`/`open_sinks`/`SinkSet`. The base class lives in `sink_base`, the MJPEG server in
+`mjpeg` and the preview window in `window`; all of them are re-exported here, so
+`from streamdit_live.sinks import ...` reaches every sink.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import platform
-import sys
 import threading
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
 import numpy as np
 
-from streamdit_live.frames import check_frame, fit_frame
-from streamdit_live.slot import LatestSlot
+from streamdit_live.mjpeg import DEFAULT_MJPEG_PORT, MjpegSink
+from streamdit_live.sink_base import Sink, SinkUnavailable
+from streamdit_live.window import WindowSink
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,6 @@ SINK_FORMS = (
     "virtualcam, virtualcam:DEVICE, file:PATH.mp4, file:PATH.avi, window, "
     "mjpeg, mjpeg:PORT or mjpeg:HOST:PORT"
 )
-DEFAULT_MJPEG_PORT = 8080
 VIDEO_FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}
 
 
@@ -41,10 +43,6 @@ class SinkKind(Enum):
     FILE = "file"
     WINDOW = "window"
     MJPEG = "mjpeg"
-
-
-class SinkUnavailable(RuntimeError):
-    """A sink cannot run here; the message says in one sentence how to get it."""
 
 
 @dataclass(frozen=True)
@@ -92,42 +90,6 @@ def parse_sink(spec: str) -> SinkSpec:
     if not port.isdigit() or int(port) > 65535:
         raise ValueError(f"Output {spec!r}: the MJPEG port must be a number from 0 to 65535.")
     return SinkSpec(kind, host=host or "127.0.0.1", port=int(port))
-
-
-class Sink:
-    """Base: `write(frame)` checks the frame and fits it to (width, height); idempotent close."""
-
-    def __init__(self, name: str, width: int, height: int, fps: float) -> None:
-        if width <= 0 or height <= 0 or not fps > 0:
-            raise ValueError(
-                f"Output {name}: size and fps must be positive, got {width}x{height} at {fps} fps."
-            )
-        self.name, self.width, self.height, self.fps = name, width, height, fps
-        self.frames_written = 0
-        self._closed = False
-
-    def write(self, frame: np.ndarray) -> None:
-        if self._closed:
-            raise RuntimeError(f"Output {self.name} is closed.")
-        self._send(fit_frame(check_frame(frame, f"output {self.name}"), self.width, self.height))
-        self.frames_written += 1
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._release()
-
-    def __enter__(self) -> Sink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _send(self, frame: np.ndarray) -> None:
-        raise NotImplementedError
-
-    def _release(self) -> None:
-        pass
 
 
 def virtualcam_help(system: str) -> str:
@@ -205,322 +167,6 @@ class FileSink(Sink):
 
     def _release(self) -> None:
         self._finalizer()
-
-
-class _MjpegHub:
-    """Fans JPEG frames out to HTTP clients, one latest-wins slot per client."""
-
-    def __init__(self, quality: int) -> None:
-        self._lock = threading.Lock()  # guards the three fields below
-        self._clients: set[LatestSlot[bytes]] = set()
-        self._frame: np.ndarray | None = None
-        self._jpeg: bytes | None = None  # self._frame encoded, once someone asked for it
-        self._quality = quality
-
-    def publish(self, frame: np.ndarray) -> None:
-        with self._lock:
-            clients = list(self._clients)
-            # Nobody watching: keep a private copy and encode only when someone connects.
-            self._frame, self._jpeg = (frame if clients else frame.copy()), None
-        if not clients:
-            return
-        jpeg = self.encode(frame)
-        with self._lock:
-            if self._frame is frame:
-                self._jpeg = jpeg
-        for slot in clients:
-            slot.put(jpeg)  # a slow client just misses frames; it never holds the others up
-
-    def encode(self, frame: np.ndarray) -> bytes:
-        bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
-        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self._quality])
-        if not ok:
-            raise RuntimeError("JPEG encoding failed")
-        return buf.tobytes()
-
-    def latest(self) -> bytes | None:
-        with self._lock:
-            frame, jpeg = self._frame, self._jpeg
-        if jpeg is not None or frame is None:
-            return jpeg
-        jpeg = self.encode(frame)
-        with self._lock:
-            if self._frame is frame:
-                self._jpeg = jpeg
-        return jpeg
-
-    def join(self) -> LatestSlot[bytes]:
-        slot: LatestSlot[bytes] = LatestSlot()
-        first = self.latest()
-        if first is not None:
-            slot.put(first)
-        with self._lock:
-            self._clients.add(slot)
-        return slot
-
-    def leave(self, slot: LatestSlot[bytes]) -> None:
-        with self._lock:
-            self._clients.discard(slot)
-
-    @property
-    def clients(self) -> int:
-        with self._lock:
-            return len(self._clients)
-
-    def close(self) -> None:
-        with self._lock:
-            clients, self._clients = list(self._clients), set()
-        for slot in clients:
-            slot.close()
-
-
-class _MjpegHandler(BaseHTTPRequestHandler):
-    server: _MjpegServer
-    BOUNDARY = "streamditframe"
-    timeout = 10.0  # a client that takes nothing for this long is dropped, freeing its thread
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path in ("/", "/index.html"):
-            self._send_body(200, "text/html; charset=utf-8", self.server.index_html.encode())
-        elif path in ("/stream.mjpg", "/stream"):
-            self._stream()
-        elif path == "/snapshot.jpg":
-            jpeg = self.server.hub.latest()
-            if jpeg is None:
-                self._send_body(503, "text/plain", b"no frame yet\n")
-            else:
-                self._send_body(200, "image/jpeg", jpeg)
-        else:
-            self._send_body(404, "text/plain", b"not found: try / or /stream.mjpg\n")
-
-    def _send_body(self, code: int, content_type: str, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _stream(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={self.BOUNDARY}")
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        hub = self.server.hub
-        slot = hub.join()
-        try:
-            while True:
-                # A timeout re-sends the last frame: viewers such as OBS give up on a silent
-                # stream, and a paused engine should not look like a dead server.
-                jpeg = slot.get(timeout=1.0)
-                if jpeg is None:
-                    if slot.closed:
-                        return
-                    jpeg = hub.latest()
-                    if jpeg is None:
-                        continue
-                head = (
-                    f"--{self.BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                    f"Content-Length: {len(jpeg)}\r\n\r\n"
-                ).encode()
-                self.wfile.write(head + jpeg + b"\r\n")
-                self.wfile.flush()
-        except OSError:  # the client went away
-            return
-        finally:
-            hub.leave(slot)
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("mjpeg %s: " + format, self.address_string(), *args)
-
-
-class _MjpegServer(ThreadingHTTPServer):
-    daemon_threads = True  # client threads must not keep the app alive
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], hub: _MjpegHub, index_html: str) -> None:
-        self.hub, self.index_html = hub, index_html
-        super().__init__(address, _MjpegHandler)
-
-
-class MjpegSink(Sink):
-    """An HTTP server: an index page at /, the stream at /stream.mjpg, a still at /snapshot.jpg."""
-
-    def __init__(
-        self,
-        width: int,
-        height: int,
-        fps: float,
-        host: str = "127.0.0.1",
-        port: int = DEFAULT_MJPEG_PORT,
-        quality: int = 85,
-    ) -> None:
-        super().__init__(f"mjpeg:{host}:{port}", width, height, fps)
-        self._hub = _MjpegHub(quality)
-        page = (
-            "<!doctype html><title>StreamDiT Live</title>"
-            "<body style='margin:0;background:#000'>"
-            f"<img src='/stream.mjpg' width='{width}' height='{height}' "
-            "style='width:100vw;height:100vh;object-fit:contain' alt='StreamDiT Live'></body>"
-        )
-        try:
-            self._server = _MjpegServer((host, port), self._hub, page)
-        except OSError as e:
-            raise SinkUnavailable(
-                f"The MJPEG server could not listen on {host}:{port} ({e.strerror}): "
-                "pick another port with mjpeg:PORT."
-            ) from e
-        self.host, self.port = host, self._server.server_address[1]
-        self.name = f"mjpeg:{host}:{self.port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        """The stream's address, for OBS's media source or a browser."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/stream.mjpg"
-
-    @property
-    def clients(self) -> int:
-        return self._hub.clients
-
-    def _send(self, frame: np.ndarray) -> None:
-        self._hub.publish(frame)
-
-    def _release(self) -> None:
-        self._hub.close()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(2.0)
-
-
-def _preview_main(
-    title: str, width: int, height: int, fps: float, pixels, seq, shown, stop, ready
-) -> None:
-    """The preview window's process: Qt lives here only, away from the engine's threads."""
-    try:
-        from PyQt6 import QtCore, QtGui, QtWidgets
-
-        app = QtWidgets.QApplication([sys.argv[0] if sys.argv else "streamdit-live"])
-    except Exception as e:  # a missing display usually aborts inside Qt before this
-        ready.send(f"Qt could not start ({e})")
-        return
-    view = np.frombuffer(pixels.get_obj(), dtype=np.uint8).reshape(height, width, 3)
-    label = QtWidgets.QLabel()
-    label.setWindowTitle(title)
-    label.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
-    label.setMinimumSize(64, 64)
-    label.resize(width, height)
-    label.setStyleSheet("background: black")
-    label.show()
-    parent = os.getppid()
-    last_seq = 0
-
-    def tick() -> None:
-        nonlocal last_seq
-        if stop.is_set() or os.getppid() != parent:  # closed, or the app died
-            app.quit()
-            return
-        with pixels.get_lock():
-            if seq.value == last_seq:
-                return
-            last_seq, frame = seq.value, view.copy()
-        image = QtGui.QImage(
-            frame.data, width, height, 3 * width, QtGui.QImage.Format.Format_RGB888
-        )
-        pixmap = QtGui.QPixmap.fromImage(image).scaled(
-            label.size(),
-            QtCore.Qt.AspectRatioMode.KeepAspectRatio,
-            QtCore.Qt.TransformationMode.SmoothTransformation,
-        )
-        label.setPixmap(pixmap)
-        with shown.get_lock():
-            shown.value += 1
-
-    timer = QtCore.QTimer()
-    timer.timeout.connect(tick)
-    timer.start(max(1, int(1000 / fps)))
-    ready.send("ok")
-    app.exec()
-
-
-class WindowSink(Sink):
-    """A PyQt6 preview in a helper process, fed through shared memory (latest frame wins).
-
-    A separate process keeps Qt's main-thread rule away from the engine and keeps a slow
-    paint from ever blocking a write. Closing the window ends this sink.
-    """
-
-    def __init__(
-        self, width: int, height: int, fps: float, title: str = "StreamDiT Live preview"
-    ) -> None:
-        super().__init__("window", width, height, fps)
-        no_display = not any(
-            os.environ.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
-        )
-        if sys.platform.startswith("linux") and no_display:
-            raise SinkUnavailable(
-                "No display is available for the preview window: run it in a desktop session "
-                "(DISPLAY or WAYLAND_DISPLAY set) or watch the stream with mjpeg:PORT instead."
-            )
-        # spawn, not fork: forking a process that runs torch and capture threads is unsafe.
-        ctx = multiprocessing.get_context("spawn")
-        self._pixels = ctx.Array("B", width * height * 3)
-        self._seq = ctx.Value("Q", 0, lock=False)  # guarded by the pixels' lock
-        self._shown = ctx.Value("Q", 0)
-        self._stop = ctx.Event()
-        ready_rx, ready_tx = ctx.Pipe(duplex=False)
-        shared = (self._pixels, self._seq, self._shown, self._stop, ready_tx)
-        self._process = ctx.Process(
-            target=_preview_main,
-            args=(title, width, height, fps, *shared),
-            name="streamdit-preview",
-            daemon=True,
-        )
-        self._process.start()
-        ready_tx.close()
-        reason = "it exited before showing a window"
-        try:
-            if ready_rx.poll(20.0):
-                reason = ready_rx.recv()
-        except EOFError:
-            pass
-        finally:
-            ready_rx.close()
-        if reason != "ok":
-            self._stop_process()
-            raise SinkUnavailable(
-                f"The preview window could not open ({reason}): check the display and Qt's "
-                "platform plugin, or use mjpeg:PORT instead."
-            )
-        self._view = np.frombuffer(self._pixels.get_obj(), dtype=np.uint8).reshape(height, width, 3)
-
-    @property
-    def frames_shown(self) -> int:
-        """Frames the window has painted (fewer than written when it paints slower)."""
-        return self._shown.value
-
-    def _send(self, frame: np.ndarray) -> None:
-        if not self._process.is_alive():
-            raise RuntimeError("the preview window was closed")
-        with self._pixels.get_lock():
-            self._view[...] = frame
-            self._seq.value += 1
-
-    def _stop_process(self) -> None:
-        self._stop.set()
-        self._process.join(3.0)
-        if self._process.is_alive():
-            self._process.terminate()
-            self._process.join(1.0)
-
-    def _release(self) -> None:
-        self._stop_process()
 
 
 def open_sink(spec: str | SinkSpec, width: int = 256, height: int = 256, fps: float = 30.0) -> Sink:

@@ -1,50 +1,34 @@
-"""Sinks with real parts: files read back by OpenCV, MJPEG over real HTTP, pyvirtualcam's
-Camera up to a registered fake backend, a Qt preview process, Xvfb for a real window."""
+"""Sinks with real parts: spec parsing, files read back by OpenCV, pyvirtualcam's Camera up
+to a registered fake backend, SinkSet's failure handling and the re-exports of every sink.
+The MJPEG and window sinks have their own tests (test_mjpeg.py, test_window.py)."""
 
 from __future__ import annotations
 
 import os
 import platform
-import socket
 import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 
 import cv2
 import numpy as np
 import pytest
 import pyvirtualcam
 
+from streamdit_live import mjpeg, sink_base, window
 from streamdit_live.sinks import (
     FileSink,
-    MjpegSink,
     Sink,
     SinkKind,
     SinkSpec,
     SinkUnavailable,
-    WindowSink,
     open_sink,
     open_sinks,
     parse_sink,
     virtualcam_help,
 )
-from streamdit_live.sources import demo_frame, open_source
+from streamdit_live.sources import demo_frame
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll a condition until a deadline (tests only)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def read_video(path: str) -> list[np.ndarray]:
@@ -155,87 +139,6 @@ def test_recording_stays_playable_when_the_run_is_interrupted(tmp_path, how):
     assert len(frames) == 20 and frames[0].shape == (48, 64, 3)
 
 
-class Feeder:
-    """Writes demo frames to a sink at about 60 fps on a thread, like a paced output."""
-
-    def __init__(self, sink: Sink) -> None:
-        self.sink, self.stop, self.count = sink, threading.Event(), 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.is_set() and self.count < 5000:
-            self.sink.write(demo_frame(self.count, self.sink.width, self.sink.height))
-            self.count += 1
-            self.stop.wait(1 / 60)
-
-    def __enter__(self) -> Feeder:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(5.0)
-
-
-def test_mjpeg_stream_reads_back_over_http_with_several_clients():
-    with open_sink("mjpeg:127.0.0.1:0", width=96, height=64, fps=30.0) as sink, Feeder(sink):
-        assert isinstance(sink, MjpegSink) and sink.port > 0
-        assert sink.url == f"http://127.0.0.1:{sink.port}/stream.mjpg"
-        index = urllib.request.urlopen(f"http://127.0.0.1:{sink.port}/", timeout=5).read()
-        assert b"/stream.mjpg" in index
-        first, second = cv2.VideoCapture(sink.url), cv2.VideoCapture(sink.url)
-        try:
-            assert first.isOpened() and second.isOpened()
-            got = []
-            for _ in range(8):
-                for cap in (first, second):
-                    ok, frame = cap.read()
-                    assert ok and frame.shape == (64, 96, 3)
-                    got.append(frame)
-            assert wait_for(lambda: sink.clients == 2)
-        finally:
-            first.release()
-            second.release()
-        assert got[0].std() > 10  # not blank
-        assert np.abs(got[0].astype(int) - got[-1].astype(int)).mean() > 3  # it moves
-        snapshot = urllib.request.urlopen(
-            f"http://127.0.0.1:{sink.port}/snapshot.jpg", timeout=5
-        ).read()
-        image = cv2.imdecode(np.frombuffer(snapshot, np.uint8), cv2.IMREAD_COLOR)
-        assert image.shape == (64, 96, 3)
-        with pytest.raises(urllib.error.HTTPError, match="404"):
-            urllib.request.urlopen(f"http://127.0.0.1:{sink.port}/nothing", timeout=5)
-
-
-def test_a_stalled_mjpeg_client_never_blocks_writes():
-    frame = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)  # ~200 kB
-    with MjpegSink(256, 256, 30.0, port=0) as sink:
-        stalled = socket.create_connection(("127.0.0.1", sink.port), timeout=5)
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        try:
-            stalled.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")  # then never reads
-            sink.write(frame)
-            assert wait_for(lambda: sink.clients == 1)
-            start = time.monotonic()
-            for _ in range(60):  # ~12 MB of JPEG the client never takes
-                sink.write(frame)
-            assert time.monotonic() - start < 5.0
-            cap = cv2.VideoCapture(sink.url)  # a healthy client still gets frames
-            with Feeder(sink):
-                ok, got = cap.read()
-            cap.release()
-            assert ok and got.shape == (256, 256, 3)
-        finally:
-            stalled.close()
-
-
-def test_mjpeg_port_in_use_is_unavailable_not_a_crash():
-    with MjpegSink(32, 32, 30.0, port=0) as first:
-        taken = f"127.0.0.1:{first.port}.*mjpeg:PORT"
-        with pytest.raises(SinkUnavailable, match=taken):
-            MjpegSink(32, 32, 30.0, port=first.port)
-
-
 class FakeCamBackend:
     """A pyvirtualcam backend that records what reaches the device boundary."""
 
@@ -330,42 +233,22 @@ def test_open_sinks_checks_every_spec_before_opening_any(tmp_path):
     assert not (tmp_path / "a.mp4").exists()
 
 
-def test_window_preview_runs_in_its_own_process(monkeypatch):
-    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
-    with WindowSink(64, 48, 30.0) as window, Feeder(window):
-        assert wait_for(lambda: window.frames_shown >= 3, timeout=10.0)
-        pid = window._process.pid
-    assert not window._process.is_alive(), f"preview process {pid} outlived close()"
+def test_every_sink_is_still_importable_from_sinks():
+    from streamdit_live import sinks
+
+    assert sinks.MjpegSink is mjpeg.MjpegSink
+    assert sinks.DEFAULT_MJPEG_PORT == mjpeg.DEFAULT_MJPEG_PORT == 8080
+    assert sinks.WindowSink is window.WindowSink
+    assert sinks.Sink is sink_base.Sink
+    assert sinks.SinkUnavailable is sink_base.SinkUnavailable
+    for sink in (mjpeg.MjpegSink, window.WindowSink, sinks.FileSink, sinks.VirtualCamSink):
+        assert issubclass(sink, sinks.Sink)
 
 
-def test_window_without_a_display_is_unavailable(monkeypatch):
-    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
-        monkeypatch.delenv(name, raising=False)
-    if not sys.platform.startswith("linux"):
-        pytest.skip("only Linux can lack a display")
-    with pytest.raises(SinkUnavailable, match="No display is available.*mjpeg:PORT"):
-        open_sink("window", 32, 32, 30.0)
-
-
-def test_window_on_a_dead_display_is_unavailable(monkeypatch):
-    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
-    monkeypatch.setenv("DISPLAY", ":59999")  # no X server there
-    with pytest.raises(SinkUnavailable, match="preview window could not open"):
-        WindowSink(32, 32, 30.0)
-
-
-def test_window_shows_frames_on_a_real_x_display(xvfb_display, monkeypatch):
-    monkeypatch.setenv("DISPLAY", xvfb_display)
-    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
-    magenta = np.zeros((120, 160, 3), np.uint8)
-    magenta[...] = (255, 0, 255)
-    with WindowSink(160, 120, 30.0) as window, open_source("screen", 320, 240) as screen:
-        window.write(magenta)
-
-        def on_screen() -> bool:
-            window.write(magenta)
-            got = screen.read(timeout=0.5)
-            hits = got is not None and ((got.frame == (255, 0, 255)).all(axis=-1)).sum()
-            return bool(hits and hits > 500)
-
-        assert wait_for(on_screen, timeout=10.0), "the preview never appeared on the X screen"
+def test_importing_the_sinks_never_loads_qt():
+    code = (
+        "import sys, streamdit_live.sinks, streamdit_live.window, streamdit_live.mjpeg; "
+        "sys.exit('PyQt6' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()

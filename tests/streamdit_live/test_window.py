@@ -1,0 +1,90 @@
+"""The preview window sink: a Qt preview process (offscreen), no display, a dead display,
+and Xvfb for a real window read back by screen capture."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from streamdit_live.sink_base import Sink, SinkUnavailable
+from streamdit_live.sinks import open_sink
+from streamdit_live.sources import demo_frame, open_source
+from streamdit_live.window import WindowSink
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll a condition until a deadline (tests only)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+class Feeder:
+    """Writes demo frames to a sink at about 60 fps on a thread, like a paced output."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink, self.stop, self.count = sink, threading.Event(), 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set() and self.count < 5000:
+            self.sink.write(demo_frame(self.count, self.sink.width, self.sink.height))
+            self.count += 1
+            self.stop.wait(1 / 60)
+
+    def __enter__(self) -> Feeder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5.0)
+
+
+def test_window_preview_runs_in_its_own_process(monkeypatch):
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    with WindowSink(64, 48, 30.0) as window, Feeder(window):
+        assert wait_for(lambda: window.frames_shown >= 3, timeout=10.0)
+        pid = window._process.pid
+    assert not window._process.is_alive(), f"preview process {pid} outlived close()"
+
+
+def test_window_without_a_display_is_unavailable(monkeypatch):
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("only Linux can lack a display")
+    with pytest.raises(SinkUnavailable, match="No display is available.*mjpeg:PORT"):
+        open_sink("window", 32, 32, 30.0)
+
+
+def test_window_on_a_dead_display_is_unavailable(monkeypatch):
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    monkeypatch.setenv("DISPLAY", ":59999")  # no X server there
+    with pytest.raises(SinkUnavailable, match="preview window could not open"):
+        WindowSink(32, 32, 30.0)
+
+
+def test_window_shows_frames_on_a_real_x_display(xvfb_display, monkeypatch):
+    monkeypatch.setenv("DISPLAY", xvfb_display)
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    magenta = np.zeros((120, 160, 3), np.uint8)
+    magenta[...] = (255, 0, 255)
+    with WindowSink(160, 120, 30.0) as window, open_source("screen", 320, 240) as screen:
+        window.write(magenta)
+
+        def on_screen() -> bool:
+            window.write(magenta)
+            got = screen.read(timeout=0.5)
+            hits = got is not None and ((got.frame == (255, 0, 255)).all(axis=-1)).sum()
+            return bool(hits and hits > 500)
+
+        assert wait_for(on_screen, timeout=10.0), "the preview never appeared on the X screen"
