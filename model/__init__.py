@@ -1,12 +1,17 @@
 """StreamDiT model core: pure PyTorch (no Qt, no cameras, no sockets)."""
 
+from model.autoencoder import AE_CONFIGS, AutoencoderConfig, VideoAutoencoder
 from model.checkpoint import CheckpointError, load_checkpoint, load_streamdit, save_checkpoint
 from model.config import CONFIGS, StreamDiTConfig
 from model.dit import StreamDiT
 from model.partition import PartitionScheme
 from model.stream import StreamBuffer, StreamMode
+from model.text import BlendMode, TextEmbedding, TextEncoder, TextEncoderProtocol, blend
 
 __all__ = [
+    "AE_CONFIGS",
+    "AutoencoderConfig",
+    "BlendMode",
     "CONFIGS",
     "CheckpointError",
     "PartitionScheme",
@@ -14,6 +19,11 @@ __all__ = [
     "StreamDiT",
     "StreamDiTConfig",
     "StreamMode",
+    "TextEmbedding",
+    "TextEncoder",
+    "TextEncoderProtocol",
+    "VideoAutoencoder",
+    "blend",
     "load_checkpoint",
     "load_streamdit",
     "save_checkpoint",

@@ -1,0 +1,400 @@
+"""A causal video autoencoder that streams without seams.
+
+Design, chosen for speed on a 2-core CPU:
+- Time and space are folded into channels at the very first layer ("space-to-depth"):
+  `tc` frames and a 2x2 pixel patch become one position with 3*tc*4 channels. Every later
+  layer therefore runs once per *latent* frame at half resolution or less; no layer ever
+  touches full-resolution pixels.
+- Frames live in the batch dimension, `(B*F, C, H, W)` in channels-last memory, so every
+  layer is a plain Conv2d (oneDNN's fast path; Conv3d is ~10x slower on CPU).
+- Temporal mixing is causal: `CausalConv` adds 3x3 convolutions of the previous kt-1
+  latent frames. Its cache (the last kt-1 frames of those taps) is all the state a stream
+  needs, so a stream encoded or decoded chunk by chunk equals the whole, with no seams.
+- No normalization layers: a per-frame GroupNorm would be legal but costs time, and any
+  norm across time would break streaming.
+
+Letters in shape comments: B batch, F frames (video or latent, said where it matters),
+C channels, H/W height/width, tc temporal factor, s spatial factor, kt temporal taps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+_TEMPORAL_FACTORS = (1, 2, 4)
+_SPATIAL_FACTORS = (4, 8, 16)
+_PATCH = 2  # the stem's space-to-depth; further 2x downsamples reach the spatial factor
+
+_State = dict[nn.Module, torch.Tensor]  # per-CausalConv cache of a stream
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Everything that fixes the shapes of a `VideoAutoencoder`.
+
+    Level i runs at resolution H / 2**(i+1) with `min(channels * 2**i, max_channels)`
+    channels; there are log2(spatial_factor) levels.
+    """
+
+    latent_channels: int = 8
+    temporal_factor: int = 4
+    spatial_factor: int = 8
+    channels: int = 32
+    max_channels: int = 128
+    encoder_blocks: int = 1  # residual blocks per level
+    decoder_blocks: int = 1
+    temporal_kernel: int = 2  # kt: latent frames each causal conv sees (1 = none)
+
+    def __post_init__(self) -> None:
+        for name in ("latent_channels", "channels", "max_channels", "temporal_kernel"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("encoder_blocks", "decoder_blocks"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.temporal_factor not in _TEMPORAL_FACTORS:
+            raise ValueError(
+                f"temporal_factor must be one of {_TEMPORAL_FACTORS}, got {self.temporal_factor}"
+            )
+        if self.spatial_factor not in _SPATIAL_FACTORS:
+            raise ValueError(
+                f"spatial_factor must be one of {_SPATIAL_FACTORS}, got {self.spatial_factor}"
+            )
+        if self.max_channels < self.channels:
+            raise ValueError(
+                f"max_channels ({self.max_channels}) must be >= channels ({self.channels})"
+            )
+
+    @property
+    def levels(self) -> int:
+        return int(math.log2(self.spatial_factor))
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(min(self.channels * 2**i, self.max_channels) for i in range(self.levels))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AutoencoderConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown AutoencoderConfig keys {unknown}; known keys: {sorted(known)}"
+            )
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> AutoencoderConfig:
+        return dataclasses.replace(self, **changes)
+
+
+AE_CONFIGS: dict[str, AutoencoderConfig] = {
+    # Tests: ~40K parameters, runs in milliseconds. Latent channels match
+    # CONFIGS["tiny"].
+    "tiny": AutoencoderConfig(latent_channels=4, channels=8, max_channels=16, temporal_kernel=2),
+    # The shipped default, beside CONFIGS["cpu"]: 256x256 -> 32x32 latents, 8 channels.
+    # Widths (32, 64, 128) at 128/64/32 px: ~6 ms encode+decode per 256x256 frame on 2 CPU
+    # cores; 48 or 64 channels at the top level cost 4x (see docs/PERFORMANCE.md).
+    "cpu": AutoencoderConfig(
+        latent_channels=8,
+        channels=32,
+        max_channels=128,
+        encoder_blocks=1,
+        decoder_blocks=2,
+        temporal_kernel=2,
+    ),
+    # Paper-scale (4x temporal, 8x spatial, 8 channels) for GPUs, beside CONFIGS["4b"].
+    "4b": AutoencoderConfig(
+        latent_channels=8,
+        channels=128,
+        max_channels=512,
+        encoder_blocks=2,
+        decoder_blocks=3,
+        temporal_kernel=3,
+    ),
+}
+
+
+class CausalConv(nn.Module):
+    """A 3x3 conv over the current latent frame plus the previous kt-1, causal in time.
+
+    One Conv2d computes all kt taps per frame at once (kt*Cout channels); tap j is then
+    shifted j frames later and summed. Caching the last kt-1 frames of tap outputs (not
+    inputs) makes a streamed call cost the same as a whole one. The first frame of a stream
+    sees itself repeated as its past, as if the video had been still before it started.
+    """
+
+    def __init__(self, cin: int, cout: int, kt: int) -> None:
+        super().__init__()
+        self.kt, self.cout = kt, cout
+        self.conv = nn.Conv2d(cin, cout * kt, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, batch: int, state: _State | None) -> torch.Tensor:
+        z = self.conv(x)  # (B*F, kt*C, H, W), channels-last
+        if self.kt == 1:
+            return z
+        # Physically B F H W C (channels-last), so frame cats and channel slices stay cheap.
+        z = rearrange(z, "(b f) c h w -> b f h w c", b=batch)
+        frames, past_len = z.shape[1], self.kt - 1
+        past = None if state is None else state.get(self)
+        if past is None:
+            past = z[:, :1].expand(-1, past_len, -1, -1, -1)  # (B, kt-1, H, W, kt*C)
+        zp = torch.cat([past, z], dim=1)  # (B, kt-1+F, H, W, kt*C)
+        if state is not None:
+            state[self] = zp[:, -past_len:].detach().clone()
+        out = z[..., : self.cout]  # tap 0: the current frame
+        for j in range(1, self.kt):  # tap j: frame t-j
+            start = past_len - j
+            out = out + zp[:, start : start + frames, :, :, j * self.cout : (j + 1) * self.cout]
+        return rearrange(out, "b f h w c -> (b f) c h w")  # (B*F, C, H, W), channels-last
+
+
+class ResBlock(nn.Module):
+    """x + conv(silu(causal_conv(silu(x)))); the last conv starts at zero (identity block)."""
+
+    def __init__(self, ch: int, kt: int) -> None:
+        super().__init__()
+        self.conv1 = CausalConv(ch, ch, kt)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, batch: int, state: _State | None) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(x), batch, state)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: AutoencoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w, kt = cfg.widths, cfg.temporal_kernel
+        # 1x1: a linear patch embedding; the 3x3 convs after it supply spatial context.
+        self.stem = nn.Conv2d(3 * cfg.temporal_factor * _PATCH**2, w[0], 1)
+        self.blocks = nn.ModuleList(
+            nn.ModuleList(ResBlock(w[i], kt) for _ in range(cfg.encoder_blocks))
+            for i in range(cfg.levels)
+        )
+        # Strided 2x2 conv = space-to-depth + 1x1: learned, cheap, no overlap.
+        self.down = nn.ModuleList(
+            nn.Conv2d(w[i], w[i + 1], 2, stride=2) for i in range(cfg.levels - 1)
+        )
+        self.out = nn.Conv2d(w[-1], cfg.latent_channels, 3, padding=1)
+
+    def forward(self, frames: torch.Tensor, state: _State | None) -> torch.Tensor:
+        b, tc = frames.shape[0], self.cfg.temporal_factor
+        # (B, 3, F*tc, H, W) -> (B*F, 3*tc*2*2, H/2, W/2): F latent frames from here on.
+        x = rearrange(
+            frames, "b c (f t) (h p) (w q) -> (b f) (c t p q) h w", t=tc, p=_PATCH, q=_PATCH
+        )
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        for i, blocks in enumerate(self.blocks):
+            for block in blocks:
+                x = block(x, b, state)
+            if i < len(self.down):
+                x = self.down[i](x)
+        x = self.out(F.silu(x))  # (B*F, C, H/s, W/s)
+        return rearrange(x, "(b f) c h w -> b c f h w", b=b).contiguous()
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: AutoencoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w, kt = cfg.widths, cfg.temporal_kernel
+        self.inp = nn.Conv2d(cfg.latent_channels, w[-1], 3, padding=1)
+        # Deepest level first.
+        self.blocks = nn.ModuleList(
+            nn.ModuleList(ResBlock(w[i], kt) for _ in range(cfg.decoder_blocks))
+            for i in reversed(range(cfg.levels))
+        )
+        # 1x1 conv to 4x channels + pixel shuffle: a 2x upsample that never runs a 3x3 conv
+        # at the higher resolution just to upsample.
+        self.up = nn.ModuleList(
+            nn.Conv2d(w[i], 4 * w[i - 1], 1) for i in reversed(range(1, cfg.levels))
+        )
+        self.head = nn.Conv2d(w[0], 3 * cfg.temporal_factor * _PATCH**2, 3, padding=1)
+
+    def forward(self, latents: torch.Tensor, state: _State | None) -> torch.Tensor:
+        b = latents.shape[0]
+        x = rearrange(latents, "b c f h w -> (b f) c h w")  # (B*F, C, H/s, W/s)
+        x = self.inp(x.contiguous(memory_format=torch.channels_last))
+        for i, blocks in enumerate(self.blocks):
+            for block in blocks:
+                x = block(x, b, state)
+            if i < len(self.up):
+                x = F.pixel_shuffle(self.up[i](x), 2)  # (B*F, C', 2H, 2W)
+        x = self.head(F.silu(x))  # (B*F, 3*tc*2*2, H/2, W/2)
+        # -> (B, 3, F*tc, H, W): each latent frame unfolds into tc video frames.
+        return rearrange(
+            x,
+            "(b f) (c t p q) h w -> b c (f t) (h p) (w q)",
+            b=b,
+            t=self.cfg.temporal_factor,
+            p=_PATCH,
+            q=_PATCH,
+        ).contiguous()
+
+
+def _check(x: Any, what: str, channels: int, t_div: int, s_div: int, dtype: torch.dtype) -> None:
+    """Raise one clear sentence if `x` is not a (B, channels, F, H, W) tensor that fits."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 5:
+        raise ValueError(
+            f"{what} must be 5-D (B, C, F, H, W), got {x.ndim}-D with shape {tuple(x.shape)}"
+        )
+    if x.dtype != dtype:
+        raise ValueError(
+            f"{what} have dtype {x.dtype} but the autoencoder runs in {dtype}; "
+            f"convert with .to({dtype})"
+        )
+    _, c, f, h, w = x.shape
+    if c != channels:
+        raise ValueError(f"{what} must have {channels} channels, got {c} (shape {tuple(x.shape)})")
+    if f == 0 or f % t_div:
+        raise ValueError(f"{what} frame count {f} must be a positive multiple of {t_div}")
+    if h == 0 or w == 0 or h % s_div or w % s_div:
+        raise ValueError(f"{what} size {h}x{w} must be positive multiples of {s_div}")
+
+
+class VideoAutoencoder(nn.Module):
+    """Frames (B,3,F,H,W) in [-1,1] <-> normalized latents (B,C,F/tc,H/s,W/s).
+
+    `latent_shift` and `latent_scale` (per channel) are buffers saved with the weights:
+    encode returns (z - shift) / scale so the DiT sees roughly unit-variance latents;
+    `calibrate()` sets them from data after training.
+    """
+
+    def __init__(self, cfg: AutoencoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.register_buffer("latent_shift", torch.zeros(cfg.latent_channels))
+        self.register_buffer("latent_scale", torch.ones(cfg.latent_channels))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.latent_scale.dtype
+
+    def _norm(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.latent_shift.view(1, -1, 1, 1, 1)) / self.latent_scale.view(1, -1, 1, 1, 1)
+
+    def _denorm(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latent_scale.view(1, -1, 1, 1, 1) + self.latent_shift.view(1, -1, 1, 1, 1)
+
+    def check_frames(self, frames: Any) -> None:
+        cfg = self.cfg
+        _check(frames, "frames", 3, cfg.temporal_factor, cfg.spatial_factor, self.dtype)
+
+    def check_latents(self, latents: Any) -> None:
+        # Latent H, W need only be multiples of 1: every level is a whole number of pixels.
+        _check(latents, "latents", self.cfg.latent_channels, 1, 1, self.dtype)
+
+    def encode(self, frames: torch.Tensor, state: _State | None = None) -> torch.Tensor:
+        """(B,3,F,H,W) in [-1,1] -> normalized latents (B,C,F/tc,H/s,W/s).
+
+        `state` is the causal cache a stream carries; leave it None (use `stream_encoder()`
+        to encode a stream chunk by chunk).
+        """
+        self.check_frames(frames)
+        return self._norm(self.encoder(frames, state))
+
+    def decode(self, latents: torch.Tensor, state: _State | None = None) -> torch.Tensor:
+        """Normalized latents (B,C,F,H,W) -> frames (B,3,F*tc,H*s,W*s), about [-1,1].
+
+        Not clamped, so training sees true errors; clamp before converting to uint8.
+        `state`: as in `encode`; use `stream_decoder()` for chunk-by-chunk decoding.
+        """
+        self.check_latents(latents)
+        return self.decoder(self._denorm(latents), state)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Reconstruction, for training."""
+        return self.decode(self.encode(frames))
+
+    @torch.no_grad()
+    def calibrate(self, frames: torch.Tensor) -> None:
+        """Set latent shift/scale so that `frames` encode to zero mean, unit variance.
+
+        Call once after training, on a representative batch (a few hundred latent frames).
+        """
+        self.latent_shift.zero_()
+        self.latent_scale.fill_(1.0)
+        z = self.encode(frames)  # (B, C, F, H, W), raw since shift=0, scale=1
+        self.latent_shift.copy_(z.mean(dim=(0, 2, 3, 4)))
+        self.latent_scale.copy_(z.std(dim=(0, 2, 3, 4)).clamp_min(1e-6))
+
+    def stream_encoder(self) -> StreamEncoder:
+        return StreamEncoder(self)
+
+    def stream_decoder(self) -> StreamDecoder:
+        return StreamDecoder(self)
+
+    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+        from model.checkpoint import save_checkpoint
+
+        return save_checkpoint(path, self, self.cfg, "autoencoder", metadata)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> VideoAutoencoder:
+        from model.checkpoint import load_checkpoint
+
+        return load_checkpoint(path, cls, AutoencoderConfig, "autoencoder", device)
+
+
+class _Stream:
+    """Carries the causal caches of one stream between calls; no gradients."""
+
+    def __init__(self, ae: VideoAutoencoder) -> None:
+        self.ae = ae
+        self.state: _State = {}
+        self.calls = 0
+        self._shape: tuple[int, int, int] | None = None  # (B, H, W) the stream started with
+
+    def reset(self) -> None:
+        """Forget the past: the next call starts a new stream (any batch and size)."""
+        self.state.clear()
+        self.calls = 0
+        self._shape = None
+
+    def _step(self, x: torch.Tensor, what: str) -> None:
+        if isinstance(x, torch.Tensor) and x.ndim == 5:
+            shape = (x.shape[0], x.shape[3], x.shape[4])
+            if self._shape is not None and shape != self._shape:
+                raise ValueError(
+                    f"{what} of batch {shape[0]} and size {shape[1]}x{shape[2]} do not continue "
+                    f"this stream of batch {self._shape[0]} and size "
+                    f"{self._shape[1]}x{self._shape[2]}; call reset() to start a new one"
+                )
+            self._shape = shape
+        self.calls += 1
+
+
+class StreamEncoder(_Stream):
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """The next (B,3,F,H,W) frames, F a multiple of tc -> their (B,C,F/tc,H/s,W/s)."""
+        self.ae.check_frames(frames)
+        self._step(frames, "frames")
+        return self.ae.encode(frames, self.state)
+
+
+class StreamDecoder(_Stream):
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The next (B,C,F,h,w) latents -> their (B,3,F*tc,h*s,w*s) frames."""
+        self.ae.check_latents(latents)
+        self._step(latents, "latents")
+        return self.ae.decode(latents, self.state)
