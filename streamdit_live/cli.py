@@ -1,6 +1,325 @@
-"""Command-line entry point (placeholder until the live pipeline lands)."""
+"""`streamdit-live`: run the live pipeline headless, benchmark it, list presets.
+
+Control flags (--prompt, --strength, ...) are generated from the control schema, so their
+types, ranges and help are the ones OSC and presets use. A user mistake prints one sentence
+and exits with status 2; torch is imported only by the commands that stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from streamdit_live.controls import CONTROLS, ControlError, Controls, Mode, Size
+from streamdit_live.osc import DEFAULT_PORT, OscConfig, parse_host_port
+from streamdit_live.presets import PresetError, PresetLibrary, to_toml
+
+PROG = "streamdit-live"
+LIVE_SOURCE, FALLBACK_SOURCE = "webcam:0", "demo"
+LIVE_OUTPUTS = ("virtualcam", "window", "mjpeg:8090")
+EXIT_USAGE, EXIT_FAILED = 2, 1
+
+EXAMPLES = f"""\
+examples:
+  {PROG}
+      live defaults: webcam:0 (or the demo) -> virtual camera + preview window + MJPEG on :8090
+  {PROG} run --source demo --out file:out.mp4 --seconds 10
+  {PROG} run --source webcam:0 --out virtualcam --preset realtime --prompt "oil painting"
+  {PROG} run --mode text --preset text-stream --out mjpeg:8090 --osc-port 9000
+  {PROG} run --source file:clip.mp4 --out file:styled.mp4 --frames 300 --metrics run.jsonl
+  {PROG} presets list
+  {PROG} bench --source demo --preset realtime --seconds 20 --json bench.json
+
+OSC: send /streamdit/prompt s, /streamdit/strength f, ... to 127.0.0.1:{DEFAULT_PORT}
+(docs/OSC.md lists every address). Presets live in presets/ and in your config folder.
+"""
+
+_COMMANDS = ("run", "bench", "presets")
+_GLOBAL_FLAGS = ("-v", "-vv", "--verbose", "-q", "--quiet")
+# Control flags: every control except pause (a live toggle, not a start option).
+_FLAG_CONTROLS = tuple(name for name in CONTROLS if name != "pause")
 
 
-def main() -> int:
-    print("streamdit-live: the live pipeline is not built yet")
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _metavar(name: str) -> str:
+    spec = CONTROLS[name]
+    if spec.kind is Mode:
+        return "|".join(m.value for m in Mode)
+    if spec.choices:
+        return "|".join(spec.choices)
+    return {str: "TEXT", float: "F", int: "N", Size: "WxH"}[spec.kind]
+
+
+def _control_type(name: str):
+    def parse(text: str):
+        try:
+            return CONTROLS[name].parse(text)
+        except ControlError as exc:
+            raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    try:
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _stream_options() -> argparse.ArgumentParser:
+    """Options shared by `run` and `bench`: preset, controls, device, weights."""
+    parent = _Parser(add_help=False)
+    group = parent.add_argument_group("look and model (override the preset)")
+    group.add_argument(
+        "--preset", metavar="NAME", help="start from a preset (see `presets list`) or a .toml file"
+    )
+    for name in _FLAG_CONTROLS:
+        spec = CONTROLS[name]
+        default = spec.default
+        default = default.value if isinstance(default, Mode) else default
+        default = str(default) if isinstance(default, Size) else default
+        group.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=_control_type(name),
+            metavar=_metavar(name),
+            help=f"{spec.help} Default {default!r}.",
+        )
+    group.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+    group.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads for the model (default: all cores but one, which keeps a busy "
+        "machine from stalling the stream)",
+    )
+    group.add_argument(
+        "--weights",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="a .safetensors checkpoint (DiT or autoencoder) or a folder of them; repeatable. "
+        "Without it the model has random weights and the output looks like noise.",
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Real-time StreamDiT video effects for live streaming: a webcam, screen or "
+        "file in, restyled by a streaming video diffusion model, out to a virtual camera, a "
+        "recording, a preview window or an MJPEG stream; driven by presets and OSC. "
+        "Without a command it runs `run` with the live defaults.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log detail")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    stream = _stream_options()
+
+    run = commands.add_parser(
+        "run",
+        parents=[stream],
+        help="stream headless until --frames/--seconds or Ctrl-C",
+        description="Stream SOURCE through the model to every --out until --frames, --seconds "
+        "or Ctrl-C; files are finalized and playable either way. Without --source it tries "
+        f"{LIVE_SOURCE} and falls back to the demo; without --out it opens "
+        f"{', '.join(LIVE_OUTPUTS)}, skipping any that cannot run here.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    io = run.add_argument_group("input and outputs")
+    io.add_argument(
+        "--source",
+        metavar="SRC",
+        help="webcam[:N|:/dev/videoN], screen[:N|:x,y,w,h], file:PATH or demo",
+    )
+    io.add_argument(
+        "--out",
+        action="append",
+        metavar="SINK",
+        help="virtualcam, window, file:PATH.mp4|.avi or mjpeg:[HOST:]PORT; repeatable",
+    )
+    limits = run.add_mutually_exclusive_group()
+    limits.add_argument("--frames", type=int, metavar="N", help="stop after N output frames")
+    limits.add_argument(
+        "--seconds", type=float, metavar="S", help="stop S seconds after the first frame"
+    )
+    run.add_argument(
+        "--metrics",
+        type=Path,
+        metavar="FILE.jsonl",
+        help="one JSON line per output frame (frame, t, latency_ms, prompt, mode, strength), "
+        "then a summary line",
+    )
+    osc = run.add_argument_group("OSC control")
+    osc.add_argument("--osc-port", type=int, default=DEFAULT_PORT, metavar="P")
+    osc.add_argument(
+        "--osc-host",
+        default="127.0.0.1",
+        metavar="H",
+        help="address to listen on; 0.0.0.0 opens OSC to the network (default 127.0.0.1)",
+    )
+    osc.add_argument(
+        "--osc-feedback",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="send /streamdit/status/* here once a second (default: the last sender)",
+    )
+    osc.add_argument("--no-osc", action="store_true", help="do not listen for OSC")
+
+    bench = commands.add_parser(
+        "bench",
+        parents=[stream],
+        help="measure end-to-end fps and the time of each stage",
+        description="Stream SOURCE for S seconds after warm-up without outputs (unless --out) "
+        "and report fps, latency and per-stage times (capture, encode, step, decode, sink).",
+    )
+    bench.add_argument(
+        "--source", metavar="SRC", help="default: demo in video mode, none in text mode"
+    )
+    bench.add_argument("--out", action="append", default=[], metavar="SINK")
+    bench.add_argument("--seconds", type=float, default=10.0, metavar="S", help="default 10")
+    bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+
+    presets = commands.add_parser("presets", help="list or show presets")
+    which = presets.add_subparsers(dest="presets_command", metavar="ACTION", required=True)
+    which.add_parser("list", help="every preset, shipped and yours")
+    show = which.add_parser("show", help="the values a preset runs with")
+    show.add_argument("name", metavar="NAME")
+    return parser
+
+
+def resolve_controls(args: argparse.Namespace, library: PresetLibrary) -> Controls:
+    """Schema defaults, then the preset, then the flags given on the command line."""
+    controls = Controls()
+    if args.preset:
+        controls = library.get(args.preset).apply(controls)
+    flags = {name: getattr(args, name) for name in _FLAG_CONTROLS}
+    return controls.replace({k: v for k, v in flags.items() if v is not None})
+
+
+@contextmanager
+def _stop_on_signals(stop) -> Iterator[None]:
+    """Ctrl-C and SIGTERM end the run cleanly (sinks flushed) instead of raising."""
+    handler = lambda signum, frame: stop()  # noqa: E731
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _run(args: argparse.Namespace, library: PresetLibrary) -> int:
+    from streamdit_live.session import Session, SessionPlan
+
+    controls = resolve_controls(args, library)
+    source = args.source
+    if source is None and controls.mode is Mode.VIDEO:
+        source = LIVE_SOURCE
+    plan = SessionPlan(
+        controls=controls,
+        source=source,
+        outputs=tuple(args.out or LIVE_OUTPUTS),
+        device=args.device,
+        threads=args.threads,
+        weights=tuple(args.weights),
+        frames=args.frames,
+        seconds=args.seconds,
+        metrics=args.metrics,
+        osc=None
+        if args.no_osc
+        else OscConfig(host=args.osc_host, port=args.osc_port, feedback=args.osc_feedback),
+        fallback_source=FALLBACK_SOURCE if args.source is None else None,
+    )
+    session = Session(plan, library)
+    with _stop_on_signals(session.stop):
+        summary = session.run()
+    latency = summary["latency_p50_ms"]
+    print(
+        f"{PROG}: {summary['frames']} frames out ({summary['new_frames']} new) at "
+        f"{summary['fps']:.1f} fps"
+        + ("" if latency is None else f", latency p50 {latency:.0f} ms")
+        + f", {summary['dropped_frames']} dropped."
+    )
     return 0
+
+
+def _presets(args: argparse.Namespace, library: PresetLibrary) -> int:
+    if args.presets_command == "show":
+        preset = library.get(args.name)
+        print(f"# {preset.name} ({preset.origin}: {preset.path})")
+        print("# keys not in the file keep their defaults; all values shown:\n")
+        print(to_toml(preset.apply(Controls()).to_dict(), preset.description), end="")
+        return 0
+    rows = []
+    for item in library.all():
+        if isinstance(item, PresetError):
+            rows.append(("!", "invalid", "", str(item)))
+        else:
+            mode = item.apply(Controls()).mode.value
+            rows.append((item.name, item.origin, mode, item.description))
+    width = max([len(r[0]) for r in rows] + [4])
+    print(f"{'NAME':<{width}}  {'FROM':<7}  {'MODE':<5}  DESCRIPTION")
+    for name, origin, mode, description in rows:
+        print(f"{name:<{width}}  {origin:<7}  {mode:<5}  {description}")
+    print(f"\nyour presets: {library.dirs[-1][1]}")
+    return 0
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format=f"{PROG}: %(message)s", stream=sys.stderr)
+    if verbose < 2:  # third-party chatter stays out of the way unless asked for twice
+        for noisy in ("transformers", "huggingface_hub", "PIL", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # No command means `run` with the live defaults: `streamdit-live --preset dream` works.
+    leading = 0
+    while leading < len(argv) and argv[leading] in _GLOBAL_FLAGS:
+        leading += 1
+    rest = argv[leading:]
+    if not rest or rest[0] not in (*_COMMANDS, "-h", "--help"):
+        argv = [*argv[:leading], "run", *rest]
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    if not args.verbose:
+        # Before cv2 and transformers load: OpenCV's own camera-probing warnings and the text
+        # encoder's weight-loading bar would bury our one-sentence messages.
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    library = PresetLibrary.default()
+    try:
+        if args.command == "presets":
+            return _presets(args, library)
+        if args.command == "bench":
+            from streamdit_live.bench import run_bench
+
+            return run_bench(args, resolve_controls(args, library), library)
+        return _run(args, library)
+    except ValueError as exc:
+        # User mistakes: ControlError, PresetError, CheckpointError and bad specs.
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as exc:  # SessionError and friends: the run could not go on
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,0 +1,130 @@
+"""Presets: the shipped files check out, and bad files fail naming the file, key and values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamdit_live.controls import Controls, Mode
+from streamdit_live.presets import (
+    PresetError,
+    PresetLibrary,
+    load_preset,
+    shipped_dir,
+    to_toml,
+    user_dir,
+)
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / f"{name}.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_shipped_presets_all_load_and_cover_the_required_looks():
+    library = PresetLibrary([("shipped", shipped_dir())])
+    presets = library.all()
+    assert len(presets) >= 6
+    assert all(not isinstance(p, PresetError) for p in presets), presets
+    by_name = {p.name: p for p in presets}
+    assert by_name["realtime"].values["mode"] is Mode.VIDEO  # the low-latency v2v preset
+    assert by_name["realtime"].values["chunk_size"] == 1
+    assert by_name["text-stream"].values["mode"] is Mode.TEXT
+    for preset in presets:
+        assert preset.description, f"{preset.name} needs a description"
+
+
+def test_user_presets_override_shipped_ones(tmp_path):
+    shipped, user = tmp_path / "shipped", tmp_path / "user"
+    shipped.mkdir()
+    user.mkdir()
+    write(shipped, "look", 'strength = 0.2\nprompt = "a"\n')
+    write(shipped, "other", "seed = 1\n")
+    write(user, "look", "strength = 0.9\n")
+    library = PresetLibrary([("shipped", shipped), ("user", user)])
+    assert library.names() == ["look", "other"]
+    look = library.get("look")
+    assert (look.origin, dict(look.values)) == ("user", {"strength": 0.9})
+    applied = look.apply(Controls())
+    assert applied.strength == 0.9 and applied.prompt == Controls().prompt
+
+
+def test_user_dir_is_under_the_platform_config_dir():
+    assert user_dir().parts[-2:] == ("streamdit-live", "presets")
+
+
+def test_unknown_key_names_file_key_and_allowed_keys(tmp_path):
+    path = write(tmp_path, "typo", "strenght = 0.5\n")
+    with pytest.raises(PresetError) as info:
+        load_preset(path)
+    message = str(info.value)
+    assert str(path) in message and "'strenght'" in message
+    assert "allowed keys are description, prompt" in message and "strength" in message
+
+
+def test_bad_value_names_file_key_and_allowed_range(tmp_path):
+    path = write(tmp_path, "hot", "strength = 1.5\n")
+    with pytest.raises(PresetError) as info:
+        load_preset(path)
+    message = str(info.value)
+    assert str(path) in message and "key 'strength'" in message
+    assert "a number from 0 to 1, got 1.5" in message
+
+
+def test_bad_choice_lists_the_choices(tmp_path):
+    path = write(tmp_path, "m", 'mode = "img2img"\n')
+    with pytest.raises(PresetError, match="one of video, text, got 'img2img'"):
+        load_preset(path)
+
+
+def test_broken_toml_and_bad_description(tmp_path):
+    with pytest.raises(PresetError, match="not valid TOML"):
+        load_preset(write(tmp_path, "broken", "strength = \n"))
+    with pytest.raises(PresetError, match="'description' must be text"):
+        load_preset(write(tmp_path, "desc", "description = 3\n"))
+
+
+def test_unknown_preset_lists_the_available_ones(tmp_path):
+    write(tmp_path, "alpha", "seed = 1\n")
+    library = PresetLibrary([("user", tmp_path)])
+    with pytest.raises(PresetError, match=r"unknown preset 'beta'; available presets: alpha"):
+        library.get("beta")
+
+
+def test_a_broken_file_does_not_hide_the_others(tmp_path):
+    write(tmp_path, "good", "seed = 1\n")
+    write(tmp_path, "bad", "seed = -5\n")
+    listed = PresetLibrary([("user", tmp_path)]).all()
+    assert isinstance(listed[0], PresetError) and "bad.toml" in str(listed[0])
+    assert listed[1].name == "good"
+
+
+def test_a_preset_can_be_given_as_a_path(tmp_path):
+    path = write(tmp_path, "mine", 'mode = "text"\n')
+    preset = PresetLibrary([]).get(str(path))
+    assert preset.values == {"mode": Mode.TEXT}
+
+
+def test_to_toml_round_trips(tmp_path):
+    values = Controls().replace({"prompt": 'a "quoted" prompt, ünïcode'}).to_dict()
+    path = tmp_path / "round.toml"
+    path.write_text(to_toml(values, "described"), encoding="utf-8")
+    preset = load_preset(path)
+    assert preset.description == "described"
+    assert preset.apply(Controls()).to_dict() == values
+
+
+def test_shipped_presets_fit_the_model_they_name():
+    """Chunking and size are checked against the model, which the schema alone cannot do."""
+    import torch
+
+    from streamdit_live.engine import build_models, check_fits
+
+    built = {}
+    for preset in PresetLibrary([("shipped", shipped_dir())]).all():
+        controls = preset.apply(Controls())
+        if controls.model not in built:
+            built[controls.model] = build_models(controls.model, torch.device("cpu"))
+        check_fits(controls, built[controls.model])
