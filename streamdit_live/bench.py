@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from streamdit_live.controls import Controls, Mode
+from streamdit_live.controls import Controls, Mode, Size
 from streamdit_live.metrics import STAGES
 from streamdit_live.presets import PresetLibrary
 from streamdit_live.session import Session, SessionPlan
@@ -46,7 +46,9 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_bench(args: argparse.Namespace, controls: Controls, library: PresetLibrary) -> int:
+def run_bench(
+    args: argparse.Namespace, controls: Controls, out_size: Size | None, library: PresetLibrary
+) -> int:
     source = args.source
     if source is None and controls.mode is Mode.VIDEO:
         source = "demo"
@@ -54,6 +56,8 @@ def run_bench(args: argparse.Namespace, controls: Controls, library: PresetLibra
         controls=controls,
         source=source,
         outputs=tuple(args.out),
+        out_size=out_size,
+        out_fit=args.out_fit,
         device=args.device,
         threads=args.threads,
         weights=tuple(args.weights),

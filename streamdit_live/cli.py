@@ -19,6 +19,7 @@ from pathlib import Path
 from streamdit_live.controls import CONTROLS, ControlError, Controls, Mode, Size
 from streamdit_live.osc import DEFAULT_PORT, OscConfig, parse_host_port
 from streamdit_live.presets import PresetError, PresetLibrary, to_toml
+from streamdit_live.sinks import VIRTUALCAM_SIZE, OutputFit, parse_out_size
 
 PROG = "streamdit-live"
 LIVE_SOURCE, FALLBACK_SOURCE = "webcam:0", "demo"
@@ -31,6 +32,7 @@ examples:
       live defaults: webcam:0 (or the demo) -> virtual camera + preview window + MJPEG on :8090
   {PROG} run --source demo --out file:out.mp4 --seconds 10
   {PROG} run --source webcam:0 --out virtualcam --preset realtime --prompt "oil painting"
+  {PROG} run --source demo --out file:hd.mp4 --out-size 1280x720 --size 448x256 --seconds 10
   {PROG} run --mode text --preset text-stream --out mjpeg:8090 --osc-port 9000
   {PROG} run --source file:clip.mp4 --out file:styled.mp4 --frames 300 --metrics run.jsonl
   {PROG} presets list
@@ -76,6 +78,51 @@ def _host_port(text: str) -> tuple[str, int]:
         return parse_host_port(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+OUT_SIZE_MODEL = "model"  # --out-size model: the outputs open at the model's size
+
+
+def _out_size(text: str) -> object:
+    if text.strip().lower() == OUT_SIZE_MODEL:
+        return OUT_SIZE_MODEL
+    try:
+        return parse_out_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
+
+
+def _out_fit(text: str) -> OutputFit:
+    try:
+        return OutputFit(text.strip().lower())
+    except ValueError:
+        choices = " or ".join(f.value for f in OutputFit)
+        raise argparse.ArgumentTypeError(f"the fit must be {choices}, got {text!r}") from None
+
+
+def _add_output_size(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output size (all outputs share it)")
+    group.add_argument(
+        "--out-size",
+        type=_out_size,
+        metavar="WxH|model",
+        help="the size every output opens at, e.g. 1280x720; even sides from 32 to 4096. "
+        "Frames are scaled to it once, whatever the model's --size. Default: "
+        f"{VIRTUALCAM_SIZE} when a virtualcam is among the outputs (meeting apps and OBS "
+        "expect a common camera size), otherwise the model's size; `model` forces the "
+        "model's size.",
+    )
+    group.add_argument(
+        "--out-fit",
+        type=_out_fit,
+        default=OutputFit.COVER,
+        metavar="|".join(f.value for f in OutputFit),
+        help="when the shapes differ (a square model frame in a 16:9 output): cover (default) "
+        "fills the whole picture like a camera does and crops the overflow, centered "
+        "(256x256 to 1280x720 keeps the middle 56%% of the height); letterbox shows the "
+        "whole frame between black bars. For little cropping pick a model --size of about "
+        "the output's shape, e.g. --size 448x256 for 16:9.",
+    )
 
 
 def _stream_options() -> argparse.ArgumentParser:
@@ -155,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SINK",
         help="virtualcam, window, file:PATH.mp4|.avi or mjpeg:[HOST:]PORT; repeatable",
     )
+    _add_output_size(run)
     limits = run.add_mutually_exclusive_group()
     limits.add_argument("--frames", type=int, metavar="N", help="stop after N output frames")
     limits.add_argument(
@@ -194,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--source", metavar="SRC", help="default: demo in video mode, none in text mode"
     )
     bench.add_argument("--out", action="append", default=[], metavar="SINK")
+    _add_output_size(bench)
     bench.add_argument("--seconds", type=float, default=10.0, metavar="S", help="default 10")
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
 
@@ -203,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     show = which.add_parser("show", help="the values a preset runs with")
     show.add_argument("name", metavar="NAME")
     return parser
+
+
+def resolve_out_size(args: argparse.Namespace, controls: Controls) -> Size | None:
+    """The --out-size flag as a size; None leaves the default to the session."""
+    return controls.size if args.out_size == OUT_SIZE_MODEL else args.out_size
 
 
 def resolve_controls(args: argparse.Namespace, library: PresetLibrary) -> Controls:
@@ -247,6 +301,8 @@ def _run(args: argparse.Namespace, library: PresetLibrary) -> int:
         if args.no_osc
         else OscConfig(host=args.osc_host, port=args.osc_port, feedback=args.osc_feedback),
         fallback_source=FALLBACK_SOURCE if args.source is None else None,
+        out_size=resolve_out_size(args, controls),
+        out_fit=args.out_fit,
     )
     session = Session(plan, library)
     with _stop_on_signals(session.stop):
@@ -314,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             from streamdit_live.bench import run_bench
 
-            return run_bench(args, resolve_controls(args, library), library)
+            controls = resolve_controls(args, library)
+            return run_bench(args, controls, resolve_out_size(args, controls), library)
         return _run(args, library)
     except ValueError as exc:
         # User mistakes: ControlError, PresetError, CheckpointError and bad specs.

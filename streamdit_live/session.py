@@ -17,9 +17,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from streamdit_live.controls import Controls, prompt_mix
+from streamdit_live.controls import Controls, Size, prompt_mix
 from streamdit_live.engine import (
     EmittedFrame,
     Engine,
@@ -33,7 +34,14 @@ from streamdit_live.metrics import FrameRecord, MetricsWriter, StageTimes, Strea
 from streamdit_live.osc import OscConfig, OscServer
 from streamdit_live.pacer import PacedOutput, PacerConfig
 from streamdit_live.presets import PresetLibrary
-from streamdit_live.sinks import SinkSet, open_sinks, parse_sink
+from streamdit_live.sinks import (
+    OutputFit,
+    SinkSet,
+    check_out_size,
+    default_out_size,
+    open_sinks,
+    parse_sink,
+)
 from streamdit_live.sources import (
     CaptureError,
     Source,
@@ -66,6 +74,15 @@ class SessionPlan:
     osc: OscConfig | None = None
     require_output: bool = True  # bench runs without any output
     fallback_source: str | None = None  # used, with a notice, if the `source` webcam fails
+    out_size: Size | None = None  # every output's size; None: see `output_size()`
+    out_fit: OutputFit = OutputFit.COVER  # how a model frame of another shape fills it
+
+    def output_size(self) -> Size:
+        """The one size every output opens at: `out_size`, else 1280x720 when a virtual
+        camera is among the outputs, else the model's size."""
+        if self.out_size is not None:
+            return self.out_size
+        return default_out_size(self.outputs, self.controls.size)
 
     def check(self) -> None:
         """Check specs and paths now, so a typo fails before any model loads (ValueError)."""
@@ -78,6 +95,8 @@ class SessionPlan:
                 raise ValueError(f"checkpoint {path} does not exist; check the --weights path.")
         for spec in self.outputs:
             parse_sink(spec)
+        if self.out_size is not None:
+            check_out_size(self.out_size)
         if self.frames is not None and self.frames < 1:
             raise ValueError(f"--frames must be at least 1, got {self.frames}.")
         if self.seconds is not None and not self.seconds > 0:
@@ -112,22 +131,27 @@ class _OutputTap:
         self.stage_times, self.done = stage_times, done
         self.tally = _Tally()
         self._last: EmittedFrame | None = None
+        self._scaled: np.ndarray | None = None  # self._last's frame at the output size
 
     def write(self, item: EmittedFrame) -> None:
         tally = self.tally
         if self.limit is not None and tally.written >= self.limit:
             self.done.set()
             return
+        repeat = item is self._last
+        self._last = item
+        if not repeat:  # scaled once per new frame, for all sinks; a repeat reuses it
+            start = time.perf_counter()
+            self._scaled = self.sinks.prepare(item.frame)
+            self.stage_times.add("scale", time.perf_counter() - start)
         start = time.perf_counter()
-        self.sinks.write(item.frame)
+        self.sinks.write(self._scaled)
         self.stage_times.add("sink", time.perf_counter() - start)
         now = time.monotonic()
         if tally.first is None:
             tally.first = now
             # Steady-state timings only: forget model loading and the stream's start-up.
             self.stage_times.clear()
-        repeat = item is self._last
-        self._last = item
         latency = None if item.t_capture is None else (now - item.t_capture) * 1000.0
         record = FrameRecord(
             tally.written, now - tally.first, latency, item.prompt, item.mode.value, item.strength
@@ -246,11 +270,17 @@ class Session:
         source = _open_source(plan, controls)
         if source is not None:
             stack.callback(source.close)
-        size = controls.size
-        sinks = open_sinks(plan.outputs, size.width, size.height, controls.fps)
+        out = plan.output_size()
+        sinks = open_sinks(plan.outputs, out.width, out.height, controls.fps, plan.out_fit)
         stack.callback(sinks.close)
         if len(sinks):
-            log.info("Streaming to %s.", ", ".join(_describe(sink) for sink in sinks.sinks))
+            how = "" if out == controls.size else f", {plan.out_fit.value} from {controls.size}"
+            log.info(
+                "Streaming to %s at %s%s.",
+                ", ".join(_describe(sink) for sink in sinks.sinks),
+                out,
+                how,
+            )
         if plan.require_output and len(sinks) == 0:
             raise SessionError(
                 "No output could be opened (" + " ".join(sinks.failed) + "); "
@@ -311,6 +341,8 @@ class Session:
                 "device": str(models.device),
                 "torch_threads": torch.get_num_threads(),
                 "size": str(controls.size),
+                "out_size": str(self.plan.output_size()),
+                "out_fit": self.plan.out_fit.value,
                 "target_fps": controls.fps,
                 "mode": controls.mode.value,
                 "chunk_size": controls.chunk_size,

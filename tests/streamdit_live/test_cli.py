@@ -114,6 +114,26 @@ def test_file_source_to_file_sink_with_metrics(tmp_path):
     assert "dropped_frames" in summary and summary["stages_ms"]["step"]["calls"] > 0
 
 
+def test_out_size_scales_the_model_frames_once_to_a_letterboxed_file(tmp_path):
+    out, metrics = tmp_path / "wide.mp4", tmp_path / "m.jsonl"
+    result = cli(
+        "-q", "run", "--source", "demo", "--out", f"file:{out}", "--out-size", "320x180",
+        "--out-fit", "letterbox", "--frames", "4", "--metrics", str(metrics), "--no-osc", *FAST,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    frames = read_video(out)
+    assert len(frames) == 4
+    for frame in frames:
+        assert frame.shape == (180, 320, 3)  # the 128x128 model frame scaled up to 180x180
+        bars = np.concatenate([frame[:, :66], frame[:, 254:]], axis=1)  # 70-px pillars
+        assert bars.max() < 24, bars.max()  # black, give or take the codec
+        content = frame[4:-4, 74:246]
+        assert content.mean() > 40 and content.std() > 1.0  # the picture, not blank
+    _, summary = read_metrics(metrics)
+    assert summary["out_size"] == "320x180" and summary["size"] == "128x128"
+    assert summary["out_fit"] == "letterbox" and "scale" in summary["stages_ms"]
+
+
 def _status_prompts(sock: socket.socket, want: str, limit: int = 40) -> None:
     """Read feedback until /streamdit/status/prompt says `want` (it comes once a second)."""
     for _ in range(limit):
@@ -205,6 +225,9 @@ def test_bench_reports_stages_as_a_table_and_json(tmp_path):
         (["run", "--strength", "5"], "strength must be a number from 0 to 1, got '5'"),
         (["run", "--mode", "image"], "mode must be one of video, text"),
         (["run", "--size", "100x7"], "size must be WxH"),
+        (["run", "--out-size", "1281x720"], "output size must be WxH with even sides"),
+        (["--out-size", "wide"], "output size must be WxH with even sides"),
+        (["run", "--out-fit", "zoom"], "fit must be cover or letterbox, got 'zoom'"),
         (["run", "--frames", "3", "--seconds", "2"], "not allowed with argument"),
         (["run", "--osc-feedback", "nohost"], "HOST:PORT"),
         (["presets", "show", "nope"], "unknown preset 'nope'"),
@@ -242,8 +265,10 @@ def test_help_explains_with_examples():
     assert result.returncode == 0
     for flag in ("--source", "--out", "--preset", "--prompt", "--strength", "--seed", "--mode",
                  "--osc-port", "--osc-host", "--osc-feedback", "--frames", "--seconds",
-                 "--metrics", "--weights", "--device", "--size", "--fps"):  # fmt: skip
+                 "--metrics", "--weights", "--device", "--size", "--fps", "--out-size",
+                 "--out-fit"):  # fmt: skip
         assert flag in result.stdout
+    assert "Default: 1280x720 when a virtualcam is among" in " ".join(result.stdout.split())
 
 
 def test_no_output_that_can_open_is_a_clear_error(tmp_path):

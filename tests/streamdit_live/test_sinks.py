@@ -15,15 +15,22 @@ import pytest
 import pyvirtualcam
 
 from streamdit_live import mjpeg, sink_base, window
+from streamdit_live.controls import Size
 from streamdit_live.sinks import (
+    VIRTUALCAM_SIZE,
     FileSink,
+    OutputFit,
     Sink,
     SinkKind,
+    SinkSet,
     SinkSpec,
     SinkUnavailable,
+    default_out_size,
     open_sink,
     open_sinks,
+    parse_out_size,
     parse_sink,
+    scale_frame,
     virtualcam_help,
 )
 from streamdit_live.sources import demo_frame
@@ -252,3 +259,93 @@ def test_importing_the_sinks_never_loads_qt():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr.decode()
+
+
+def banded_square(side: int = 100) -> np.ndarray:
+    """A square frame: a red band on top, blue at the bottom, green between (all 20 % high)."""
+    frame = np.zeros((side, side, 3), np.uint8)
+    frame[:, :] = (0, 200, 0)
+    frame[: side // 5] = (200, 0, 0)
+    frame[-side // 5 :] = (0, 0, 200)
+    return frame
+
+
+def test_scale_frame_cover_fills_16_9_by_cropping_top_and_bottom():
+    out = scale_frame(banded_square(), 160, 90, OutputFit.COVER)
+    assert out.shape == (90, 160, 3) and out.dtype == np.uint8
+    # The middle 56 % of the height survives: the 20 % bands at top and bottom are gone,
+    # the picture fills the frame edge to edge (no bars) and nothing is squashed.
+    assert (np.abs(out.astype(int) - (0, 200, 0)).max(axis=2) <= 1).all()
+
+
+def test_scale_frame_cover_of_a_wide_frame_crops_the_sides_symmetrically():
+    wide = np.zeros((50, 200, 3), np.uint8)
+    wide[:, :75] = 255  # left 75 columns white: the centered 50-column crop is all black
+    wide[:, 125:] = 255
+    out = scale_frame(wide, 64, 64, OutputFit.COVER)
+    assert out.shape == (64, 64, 3) and out.max() == 0
+
+
+def test_scale_frame_letterbox_keeps_the_whole_frame_between_black_bars():
+    out = scale_frame(banded_square(), 160, 90, OutputFit.LETTERBOX)
+    assert out.shape == (90, 160, 3)
+    assert out[:, :35].max() == 0 and out[:, 125:].max() == 0  # 35-pixel pillars each side
+    inner = out[:, 35:125].astype(int)  # 90x90: the square, scaled, aspect kept
+    assert (np.abs(inner[:15, 10:-10] - (200, 0, 0)).max(axis=2) <= 1).all()  # red on top
+    assert (np.abs(inner[-15:, 10:-10] - (0, 0, 200)).max(axis=2) <= 1).all()  # blue below
+    tall = scale_frame(banded_square(), 90, 160, OutputFit.LETTERBOX)
+    assert tall[:35].max() == 0 and tall[125:].max() == 0  # bars top and bottom instead
+
+
+def test_scale_frame_enlarges_smoothly_and_leaves_a_fitting_frame_alone():
+    ramp = np.repeat(np.linspace(0, 255, 16, dtype=np.uint8)[None, :, None], 9, axis=0)
+    ramp = np.ascontiguousarray(np.repeat(ramp, 3, axis=2))  # 16x9, dark left, bright right
+    out = scale_frame(ramp, 1280, 720)
+    row = out[360, :, 0].astype(int)
+    assert out.shape == (720, 1280, 3) and (np.diff(row) >= 0).all()  # bilinear: no steps back
+    assert len(np.unique(row)) > 100  # interpolated, not 16 blocks
+    assert scale_frame(ramp, 16, 9) is ramp
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        scale_frame(np.zeros((9, 16), np.uint8), 32, 18)
+
+
+@pytest.mark.parametrize("text", ["1281x720", "1280x721", "16x16", "8192x4320", "big", "0x0"])
+def test_bad_output_sizes_are_refused_in_one_sentence(text):
+    with pytest.raises(ValueError, match="even sides from 32 to 4096") as caught:
+        parse_out_size(text)
+    assert str(caught.value).count(". ") == 0 and repr(text) in str(caught.value)
+
+
+def test_output_size_defaults_to_1280x720_only_with_a_virtual_camera():
+    assert parse_out_size(" 1920x1080 ") == Size(1920, 1080)
+    model = Size(256, 256)
+    assert default_out_size(["file:a.mp4", "mjpeg:8090", "window"], model) == model
+    assert default_out_size(["file:a.mp4", "virtualcam"], model) == VIRTUALCAM_SIZE
+    assert str(VIRTUALCAM_SIZE) == "1280x720"
+
+
+class RecordingSink(Sink):
+    def __init__(self, name: str, width: int, height: int) -> None:
+        super().__init__(name, width, height, 30.0)
+        self.sent: list[np.ndarray] = []
+
+    def _send(self, frame: np.ndarray) -> None:
+        self.sent.append(frame)
+
+
+def test_sink_set_scales_each_frame_once_for_every_sink():
+    a, b = RecordingSink("a", 320, 180), RecordingSink("b", 320, 180)
+    with SinkSet([a, b], size=Size(320, 180), fit=OutputFit.LETTERBOX) as outputs:
+        outputs.write(banded_square(64))
+    assert a.sent[0].shape == (180, 320, 3)
+    assert a.sent[0] is b.sent[0]  # one scaled array shared by both sinks
+
+
+def test_open_sinks_opens_a_virtual_camera_at_the_common_size(no_backends):
+    pyvirtualcam.register_backend("fake", FakeCamBackend)
+    size = default_out_size(["virtualcam"], Size(64, 64))
+    with open_sinks(["virtualcam"], size.width, size.height, 30.0) as outputs:
+        outputs.write(demo_frame(0, 64, 64))
+    backend = FakeCamBackend.last
+    assert backend.size == (1280, 720)
+    assert backend.frames[0].reshape(720, 1280, 3).std() > 5  # the frame, filling the picture
