@@ -42,7 +42,9 @@ def timestep_features(t: Tensor, dim: int, max_period: float = 10000.0) -> Tenso
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-class SelfAttention(nn.Module):
+class Attention(nn.Module):
+    """Multi-head attention projections with optional RMSNorm on queries and keys."""
+
     def __init__(self, dim: int, heads: int, qk_norm: bool):
         super().__init__()
         self.heads = heads
@@ -50,29 +52,25 @@ class SelfAttention(nn.Module):
         self.norm_q = nn.RMSNorm(dim, eps=1e-6) if qk_norm else nn.Identity()
         self.norm_k = nn.RMSNorm(dim, eps=1e-6) if qk_norm else nn.Identity()
 
-    def forward(self, x: Tensor, windows: Windows, rope: RopeTables) -> Tensor:
-        split = "b l (n d) -> b l n d"  # (B, L, D) -> (B, L, Nh, Dh)
-        q = rearrange(self.norm_q(self.q(x)), split, n=self.heads)
-        k = rearrange(self.norm_k(self.k(x)), split, n=self.heads)
-        v = rearrange(self.v(x), split, n=self.heads)
-        out = window_attention(apply_rope(q, rope), apply_rope(k, rope), v, *windows)
-        return self.o(out)
-
-
-class CrossAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, qk_norm: bool):
-        super().__init__()
-        self.heads = heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.norm_q = nn.RMSNorm(dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.norm_k = nn.RMSNorm(dim, eps=1e-6) if qk_norm else nn.Identity()
-
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
-        split = "b l (n d) -> b n l d"  # (B, L, D) -> (B, Nh, L, Dh)
+    def project(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q from x (B, L, D), k and v from context (B, Lc, D); each (B, L|Lc, Nh, Dh)."""
+        split = "b l (n d) -> b l n d"
         q = rearrange(self.norm_q(self.q(x)), split, n=self.heads)
         k = rearrange(self.norm_k(self.k(context)), split, n=self.heads)
-        v = rearrange(self.v(context), split, n=self.heads)
-        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, Lt)
+        return q, k, rearrange(self.v(context), split, n=self.heads)
+
+
+class SelfAttention(Attention):
+    def forward(self, x: Tensor, windows: Windows, rope: RopeTables) -> Tensor:
+        q, k, v = self.project(x, x)
+        return self.o(window_attention(apply_rope(q, rope), apply_rope(k, rope), v, *windows))
+
+
+class CrossAttention(Attention):
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
+        heads_first = "b l n d -> b n l d"  # (B, L, Nh, Dh) -> (B, Nh, L, Dh) for SDPA
+        q, k, v = (rearrange(t, heads_first) for t in self.project(x, context))
+        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, Lc)
         out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.o(rearrange(out, "b n l d -> b l (n d)"))
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 from pythonosc.osc_message import OscMessage
 from pythonosc.udp_client import SimpleUDPClient
+from support import read_video
 
 from streamdit_live.cli import build_parser, main
 
@@ -44,19 +45,6 @@ def run_main(args: list[str]) -> int | str | None:
         return exc.code
     finally:
         torch.set_num_threads(threads)
-
-
-def read_video(path: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    assert cap.isOpened(), f"{path} does not open"
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames
 
 
 def read_metrics(path: Path) -> tuple[list[dict], dict]:

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import pyvirtualcam
+from support import read_video
 
 from streamdit_live import mjpeg, sink_base, window
 from streamdit_live.controls import Size
@@ -36,19 +37,6 @@ from streamdit_live.sinks import (
 from streamdit_live.sources import demo_frame
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def read_video(path: str) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(path)
-    assert cap.isOpened(), f"{path} is not a playable video"
-    frames = []
-    while len(frames) < 10_000:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 
 import cv2
 import numpy as np
 import pytest
+from support import wait_for
 
 from streamdit_live.sources import (
     Backoff,
@@ -24,16 +24,6 @@ from streamdit_live.sources import (
 )
 
 FAST = Backoff(initial_s=0.02, factor=2.0, max_s=0.1)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll a condition until a deadline (tests only; the code under test never polls)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def write_clip(path: str, frames: int = 12, fps: float = 60.0, size=(64, 48)) -> None:

@@ -4,49 +4,15 @@ and Xvfb for a real window read back by screen capture."""
 from __future__ import annotations
 
 import sys
-import threading
-import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
+from support import Feeder, wait_for
 
-from streamdit_live.sink_base import Sink, SinkUnavailable
+from streamdit_live.sink_base import SinkUnavailable
 from streamdit_live.sinks import open_sink
-from streamdit_live.sources import demo_frame, open_source
+from streamdit_live.sources import open_source
 from streamdit_live.window import WindowSink
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll a condition until a deadline (tests only)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
-class Feeder:
-    """Writes demo frames to a sink at about 60 fps on a thread, like a paced output."""
-
-    def __init__(self, sink: Sink) -> None:
-        self.sink, self.stop, self.count = sink, threading.Event(), 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.stop.is_set() and self.count < 5000:
-            self.sink.write(demo_frame(self.count, self.sink.width, self.sink.height))
-            self.count += 1
-            self.stop.wait(1 / 60)
-
-    def __enter__(self) -> Feeder:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(5.0)
 
 
 def test_window_preview_runs_in_its_own_process(monkeypatch):
