@@ -1,0 +1,131 @@
+"""training/data.py: video folders, packaged footage, mixtures, samplers, latent cache."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from training.config import DataSection
+from training.data import (
+    LatentCache,
+    Mixture,
+    StepSampler,
+    SyntheticScenes,
+    VideoFolder,
+    build_dataset,
+    resize_center_crop,
+)
+from training.footage import PackagedFootage
+
+
+def write_video(path, frames=20, size=(40, 30), color=(0, 0, 255)):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+    assert writer.isOpened()
+    for i in range(frames):
+        img = np.zeros((size[1], size[0], 3), np.uint8)
+        img[:] = color
+        img[:, : i % size[0]] = 255
+        writer.write(img)
+    writer.release()
+
+
+def test_video_folder_reads_captions_and_skips_unreadable(tmp_path):
+    write_video(tmp_path / "a.avi", color=(0, 0, 255))  # BGR red
+    (tmp_path / "sub").mkdir()
+    write_video(tmp_path / "sub" / "b.avi", color=(255, 0, 0))  # BGR blue
+    (tmp_path / "sub" / "b.txt").write_text("a blue clip\n")
+    (tmp_path / "broken.mp4").write_bytes(b"this is not a video")
+    (tmp_path / "captions.jsonl").write_text(json.dumps({"file": "a.avi", "caption": "red"}) + "\n")
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        data = VideoFolder(tmp_path, frames=6, size=16, fps=5, seed=0)
+    assert [p.name for p in data.skipped] == ["broken.mp4"]
+    assert len(data.videos) == 2
+    seen = {}
+    for i in range(4):
+        clip, caption = data[i]
+        assert clip.shape == (3, 6, 16, 16)
+        seen[caption] = clip
+    assert set(seen) == {"red", "a blue clip"}
+    # Colour channels arrive as RGB: the red video is red.
+    red = seen["red"][:, 0, :, -1]  # right column of the first frame, (3, H)
+    assert red[0].mean() > 0.5 and red[2].mean() < -0.5
+
+
+def test_video_folder_survives_a_file_that_breaks_after_probing(tmp_path):
+    write_video(tmp_path / "a.avi")
+    write_video(tmp_path / "b.avi")
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "b.txt").write_text("b")
+    data = VideoFolder(tmp_path, frames=4, size=16, seed=0)
+    (tmp_path / "a.avi").write_bytes(b"corrupted later")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        captions = [data[i][1] for i in range(4)]
+    assert captions == ["b"] * 4 and data.failures > 0
+
+
+def test_video_folder_refuses_an_empty_folder(tmp_path):
+    with pytest.raises(ValueError, match="no readable videos"):
+        VideoFolder(tmp_path, frames=4, size=16)
+
+
+def test_resize_center_crop_covers_and_centres():
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[:, 50:150] = 255  # a centred white band, as wide as the crop will be
+    out = resize_center_crop(img, 32, 32)
+    assert out.shape == (32, 32, 3) and out.min() > 200
+
+
+def test_packaged_footage_offline():
+    pytest.importorskip("skimage")
+    data = PackagedFootage(frames=6, size=32, fps=8, seed=0)
+    captions = set()
+    for i in range(6):
+        clip, caption = data[i]
+        assert clip.shape == (3, 6, 32, 32) and clip.min() >= -1 and clip.max() <= 1
+        assert clip.std() > 0.02  # real pixels, not a blank
+        captions.add(caption)
+    assert any("camera" in c for c in captions)  # photo clips say how the camera moves
+    assert len(captions) > 2
+
+
+def test_mixture_is_deterministic_and_respects_weights():
+    a = SyntheticScenes(frames=4, size=16, seed=1)
+    b = SyntheticScenes(frames=4, size=16, seed=2)
+    mix = Mixture([(a, 3.0), (b, 1.0)], seed=0)
+    picks = [mix[i][1] == a[i][1] for i in range(200)]
+    assert 0.6 < np.mean(picks) < 0.9
+    assert mix[17][1] == Mixture([(a, 3.0), (b, 1.0)], seed=0)[17][1]
+
+
+def test_step_sampler_splits_ranks_and_resumes():
+    def take(sampler, n):
+        it = iter(sampler)
+        return [next(it) for _ in range(n)]
+
+    r0 = take(StepSampler(2, rank=0, world=2), 6)
+    r1 = take(StepSampler(2, rank=1, world=2), 6)
+    assert not set(r0) & set(r1) and sorted(r0 + r1) == list(range(12))
+    assert take(StepSampler(2, rank=0, world=2, start_step=2), 2) == r0[4:6]
+
+
+def test_latent_cache_round_trip(tmp_path):
+    data = SyntheticScenes(frames=4, size=16, seed=0)
+    path = LatentCache.build(tmp_path / "c.safetensors", data, lambda x: x[:, :2, ::2] * 0.5, 5, 2)
+    cache = LatentCache(path)
+    latents, caption = cache[7]  # wraps around: entry 2
+    assert latents.shape == (2, 2, 16, 16) and caption == data[2][1]
+    assert torch.allclose(latents, data[2][0][:2, ::2] * 0.5, atol=1e-3)
+
+
+def test_build_dataset_mixes_configured_sources():
+    section = DataSection(synthetic=1.0, packaged=0.0)
+    assert isinstance(build_dataset(section, 4, 16, 0), SyntheticScenes)
+    pytest.importorskip("skimage")
+    mixed = build_dataset(DataSection(synthetic=1.0, packaged=1.0), 4, 16, 0)
+    assert isinstance(mixed, Mixture)

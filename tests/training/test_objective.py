@@ -1,0 +1,87 @@
+"""training/objective.py: per-chunk noise levels, mixed chunk sizes, masked loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.partition import chunk_size_choices
+from training.objective import (
+    NoiseDraw,
+    draw_noise,
+    flow_matching_loss,
+    resolve_chunk_sizes,
+    step_generator,
+)
+
+
+@pytest.mark.parametrize("ref_frames", [0, 2])
+def test_each_chunk_draws_its_own_band(ref_frames):
+    frames = 8 + ref_frames
+    sizes = resolve_chunk_sizes(frames, ref_frames, [])
+    assert sizes == chunk_size_choices(frames, ref_frames) and sizes[-1] == 8  # c = B included
+    draw = draw_noise((400, 2, frames, 2, 2), sizes, ref_frames, 0.0, step_generator(0, 0, 0))
+    assert set(draw.chunk_sizes.tolist()) == set(sizes)  # every size is trained
+    for times, c in zip(draw.times, draw.chunk_sizes.tolist(), strict=True):
+        assert torch.all(times[:ref_frames] == 1.0)  # reference frames stay clean
+        chunks = times[ref_frames:].view(-1, c)  # (N, c): one time per chunk
+        assert torch.all(chunks == chunks[:, :1])
+        n = chunks.shape[0]
+        # Oldest chunk first: chunk i counted from the noisy end lies in [(i-1)/N, i/N).
+        for k, t in enumerate(chunks[:, 0].tolist()):
+            i = n - k
+            assert (i - 1) / n <= t < i / n + 1e-6
+
+
+def test_configured_mixture_is_checked():
+    assert resolve_chunk_sizes(8, 0, [1, 8]) == [1, 8]
+    with pytest.raises(ValueError, match=r"flow.chunk_sizes \[3\]"):
+        resolve_chunk_sizes(8, 0, [3])
+
+
+def test_draws_depend_only_on_seed_step_rank():
+    def draw(seed, step, rank):
+        return draw_noise((2, 1, 4, 2, 2), [1, 2, 4], 0, 0.5, step_generator(seed, step, rank))
+
+    a, b = draw(0, 3, 1), draw(0, 3, 1)
+    assert torch.equal(a.times, b.times) and torch.equal(a.noise, b.noise)
+    assert not torch.equal(draw(0, 4, 1).noise, a.noise)
+    assert not torch.equal(draw(0, 3, 0).noise, a.noise)
+
+
+def test_text_dropout_rate():
+    draw = draw_noise((4000, 1, 2, 1, 1), [2], 0, 0.1, step_generator(1, 0, 0))
+    assert 0.08 < draw.drop_text.float().mean() < 0.12
+
+
+def test_loss_ignores_the_clean_reference_frames():
+    torch.manual_seed(0)
+    latents = torch.randn(2, 3, 6, 4, 4)
+    draw = draw_noise(tuple(latents.shape), [2, 4], 2, 0.0, step_generator(0, 0, 0))
+    text = torch.zeros(2, 1, 8)
+
+    def net_with_ref_output(value):
+        def net(x, t, text, mask):
+            out = torch.zeros_like(x)
+            out[:, :, :2] = value  # whatever the model says on the references
+            return out
+
+        return net
+
+    a = flow_matching_loss(net_with_ref_output(0.0), latents, draw, text, None, 1e-5, 2)
+    b = flow_matching_loss(net_with_ref_output(100.0), latents, draw, text, None, 1e-5, 2)
+    assert torch.allclose(a, b)
+    c = flow_matching_loss(net_with_ref_output(100.0), latents, draw, text, None, 1e-5, 0)
+    assert c > a * 10
+
+
+def test_perfect_velocity_gives_zero_loss():
+    latents = torch.randn(2, 3, 4, 2, 2)
+    draw = draw_noise(tuple(latents.shape), [1, 4], 0, 0.0, step_generator(0, 0, 0))
+    assert isinstance(draw, NoiseDraw)
+
+    def oracle(x, t, text, mask):
+        return latents - (1 - 1e-5) * draw.noise
+
+    loss = flow_matching_loss(oracle, latents, draw, torch.zeros(2, 1, 8), None, 1e-5, 0)
+    assert loss < 1e-10

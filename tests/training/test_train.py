@@ -1,0 +1,150 @@
+"""training/train.py: the StreamDiT trainer end to end on the tiny preset (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import load_streamdit, read_metadata
+from model.config import CONFIGS
+from model.dit import StreamDiT
+from training.config import load_config
+from training.objective import draw_noise, flow_matching_loss, step_generator
+from training.textstub import HashTextEncoder
+from training.train import lr_at, train
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "training" / "configs" / "tiny.toml"
+QUIET = ["run.progress=false", "run.log_every=1", "run.threads=1"]
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    torch.manual_seed(0)
+    cfg = CONFIGS["tiny"]
+    net = StreamDiT(cfg)
+    latents = torch.randn(2, cfg.latent_channels, cfg.latent_frames, 8, 8)
+    text = HashTextEncoder(cfg.text_dim, cfg.text_len).encode(["a red circle", "a blue ring"])
+    draw = draw_noise(tuple(latents.shape), [1, 2, 4], 0, 0.0, step_generator(0, 0, 0))
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    history = []
+    for _ in range(60):
+        loss = flow_matching_loss(net, latents, draw, text.states, text.mask, cfg.sigma_min, 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    assert history[-1] < 0.5 * history[0], history[::10]
+
+
+def test_resume_replays_the_uninterrupted_run(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(load_config(TINY, [*QUIET, "run.max_steps=6", f"run.out_dir={straight}"]))
+    train(load_config(TINY, [*QUIET, "run.max_steps=3", f"run.out_dir={split}"]))
+    assert len(losses(split)) == 3
+    train(load_config(TINY, [*QUIET, "run.max_steps=6", f"run.out_dir={split}"]))
+    assert losses(split) == losses(straight)  # bit-identical, data order included
+
+
+def test_outputs_log_and_loadable_export(tmp_path):
+    out = tmp_path / "run"
+    last = train(load_config(TINY, [*QUIET, "run.max_steps=2", f"run.out_dir={out}"]))
+    record = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    for key in ("loss", "lr", "samples_per_s", "tokens_per_s", "step"):
+        assert key in record
+    assert record["tokens_per_s"] == pytest.approx(record["samples_per_s"] * 4 * 4 * 4)
+    assert last["step"] == 2
+    net = load_streamdit(out / "streamdit_ema.safetensors")
+    assert (
+        net.cfg == CONFIGS["tiny"]
+        and read_metadata(out / "streamdit_ema.safetensors")["step"] == "2"
+    )
+    assert len(list((out / "checkpoints").glob("state-*.safetensors"))) == 1
+
+
+def test_learning_rate_schedule_is_per_stage_warmup():
+    cfg = load_config(
+        TINY,
+        ["optim.warmup=2", "stages=[{steps=3, lr=1.0}, {steps=3, lr=0.5, name='b'}]"],
+    )
+    assert [lr_at(cfg, s) for s in range(6)] == [0.5, 1.0, 1.0, 0.25, 0.5, 0.5]
+    assert cfg.stage_at(4)[0].name == "b"
+
+
+def torchrun(out: Path, *overrides: str) -> str:
+    """Run the tiny trainer under `torchrun --nproc-per-node 2` (gloo); returns stdout."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "training.train",
+        str(TINY),
+        *[a for o in (*QUIET, f"run.out_dir={out}", *overrides) for a in ("--set", o)],
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Own session, so a hang can be cleaned up whole: killing torchrun alone would orphan
+    # its two workers.
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("torchrun did not finish within 180 s")
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
+    out = tmp_path / "ddp"
+    stdout = torchrun(out, "run.max_steps=3", "run.checksum=true")
+    digests = [(out / f"weights_rank{r}.sha256").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
+    assert "2 process(es)" in stdout
+    assert len(losses(out)) == 3
+
+
+@pytest.mark.slow
+def test_fsdp_run_resumed_midway_matches_ddp(tmp_path):
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    torchrun(ddp, "run.max_steps=4")
+    torchrun(fsdp, "run.max_steps=2", "run.strategy=fsdp")
+    torchrun(fsdp, "run.max_steps=4", "run.strategy=fsdp")
+    assert losses(fsdp) == pytest.approx(losses(ddp), rel=1e-5)
+
+
+def test_training_from_a_latent_cache(tmp_path):
+    from training.cache_latents import main as cache_main
+
+    cache = tmp_path / "latents.safetensors"
+    assert cache_main([str(TINY), "--clips", "4", "--out", str(cache), "--batch", "2"]) == 0
+    out = tmp_path / "run"
+    train(
+        load_config(
+            TINY, [*QUIET, "run.max_steps=2", f"run.out_dir={out}", f"data.latent_cache={cache}"]
+        )
+    )
+    assert len(losses(out)) == 2

@@ -1,0 +1,61 @@
+"""Pre-encode training clips with the (frozen) autoencoder, so DiT steps skip decoding
+video and running the encoder:
+
+    python -m training.cache_latents training/configs/cpu.toml --clips 2000 \
+        --out runs/cpu/latents.safetensors
+    python -m training.train training/configs/cpu.toml \
+        --set data.latent_cache=runs/cpu/latents.safetensors
+
+The cache holds items 0..clips-1 of the configured data (first stage), a fixed set: it
+trades the endless variety of the live sources for speed, so size it generously.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from training.config import ConfigError, load_config
+from training.data import LatentCache, build_dataset
+from training.distributed import pick_device
+from training.train import build_autoencoder, geometry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.cache_latents")
+    parser.add_argument("config")
+    parser.add_argument("--clips", type=int, required=True, help="how many clips to encode")
+    parser.add_argument("--out", required=True, help="the .safetensors file to write")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg.data.latent_cache:
+        print(
+            "error: data.latent_cache is set; unset it to encode from the sources", file=sys.stderr
+        )
+        return 2
+    device = pick_device(cfg.run.device, 0)
+    ae = build_autoencoder(cfg, device)
+    geo = geometry(cfg, ae)
+    data = build_dataset(
+        cfg.data, geo.video_frames, geo.size, cfg.run.seed, cfg.stages[0].folder_path
+    )
+    if cfg.autoencoder.source.value == "random":
+        ae.calibrate(torch.stack([data[i][0] for i in range(8)]).to(device))
+    tag = cfg.autoencoder.checkpoint or f"random:{cfg.autoencoder.preset}"
+    path = LatentCache.build(
+        args.out, data, lambda x: ae.encode(x.to(device)), args.clips, args.batch, tag
+    )
+    print(f"wrote {args.clips} latent clips to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Process-group setup and model wrapping for `torchrun`, and the single-process case.
+
+`torchrun --nproc-per-node N -m training.train CONFIG` sets RANK, WORLD_SIZE, LOCAL_RANK and
+the rendezvous address; a plain `python -m training.train` sets none and runs alone. GPUs
+talk over NCCL, CPUs over gloo.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from training.config import Strategy
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("run.device = 'cuda' but no CUDA device is visible; use 'cpu'")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if requested == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"run.device must be auto, cpu or cuda, got {requested!r}")
+
+
+def setup(requested_device: str) -> DistEnv:
+    """Join the process group when launched by torchrun; pick this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(requested_device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    return DistEnv(rank, world, local_rank, device)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(net: nn.Module, strategy: Strategy, env: DistEnv) -> nn.Module:
+    """The module the training step calls. ``net`` stays the unwrapped module (FSDP2
+    shards it in place), which is what checkpoints and EMA read."""
+    if strategy is Strategy.FSDP:
+        if not env.distributed:
+            return net  # one process: nothing to shard
+        from torch.distributed.fsdp import fully_shard
+
+        # Shard block by block, then the rest: each block's parameters are gathered only
+        # while it runs, the point of FSDP for models that do not fit one device.
+        for block in net.blocks:
+            fully_shard(block)
+        fully_shard(net)
+        return net
+    if env.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [env.device.index] if env.device.type == "cuda" else None
+        return DistributedDataParallel(net, device_ids=ids)
+    return net
+
+
+def all_mean(value: float, env: DistEnv) -> float:
+    """The mean of a scalar over all processes (for logging)."""
+    if not env.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=env.device)
+    dist.all_reduce(t)
+    return float(t.item()) / env.world
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()

@@ -1,0 +1,91 @@
+"""Buffered flow matching (DESIGN §2) as pure functions of their inputs.
+
+One training example is a buffer of B latent frames: K clean reference frames, then N chunks
+of c frames. Chunk i (1..N, counted from the noisy end) draws one time t_i ~ U[(i-1)/N, i/N)
+shared by its frames; c is drawn per example from the mixture of chunk sizes, so one model
+learns every partition from uniform diffusion (c = B) to the diagonal scheme (c = 1).
+
+Letters: B batch, C latent channels, F buffer frames, H W latent size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from model import flow
+from model.partition import chunk_size_choices, sample_mixed_times
+
+
+@dataclass(frozen=True)
+class NoiseDraw:
+    """Everything random about one step, drawn up front from one seeded generator."""
+
+    times: Tensor  # (B, F) in [0, 1], 1 = data; reference frames at 1
+    chunk_sizes: Tensor  # (B,) chunk size used per example
+    noise: Tensor  # (B, C, F, H, W) standard normal
+    drop_text: Tensor  # (B,) bool: caption replaced by the empty prompt
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """A CPU generator that depends only on (seed, step, rank): exact resume, no RNG state
+    to save, and the same draws on a CPU or a GPU."""
+    # Large odd multipliers keep (seed, step, rank) triples from colliding.
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + rank * 104_729) % 2**63)
+
+
+def resolve_chunk_sizes(buffer_frames: int, ref_frames: int, sizes: list[int]) -> list[int]:
+    """The configured mixture, or every size from 1 to B - K (uniform c = B included)."""
+    choices = chunk_size_choices(buffer_frames, ref_frames)
+    if not sizes:
+        return choices
+    bad = [c for c in sizes if c not in choices]
+    if bad:
+        raise ValueError(
+            f"flow.chunk_sizes {bad} do not split the {buffer_frames - ref_frames} "
+            f"non-reference frames; choose from {choices}"
+        )
+    return list(sizes)
+
+
+def draw_noise(
+    latent_shape: tuple[int, ...],
+    chunk_sizes: list[int],
+    ref_frames: int,
+    text_dropout: float,
+    generator: torch.Generator,
+) -> NoiseDraw:
+    """Per-chunk times, Gaussian noise and text-dropout flags for one batch."""
+    batch, _, frames = latent_shape[:3]
+    times, sizes = sample_mixed_times(frames, batch, chunk_sizes, ref_frames, generator)
+    noise = torch.randn(latent_shape, generator=generator)
+    drop = torch.rand(batch, generator=generator) < text_dropout
+    return NoiseDraw(times, sizes, noise, drop)
+
+
+def flow_matching_loss(
+    net: nn.Module,
+    latents: Tensor,
+    draw: NoiseDraw,
+    text: Tensor,
+    text_mask: Tensor | None,
+    sigma_min: float,
+    ref_frames: int,
+) -> Tensor:
+    """Mean squared velocity error over the noised frames (reference frames excluded).
+
+    Reference frames go in clean (t = 1) as context; the model's output there is not
+    trained, since at inference they are never updated.
+    """
+    x1 = latents
+    x0 = draw.noise.to(x1.device, x1.dtype)
+    t = draw.times.to(x1.device)
+    t5 = t[:, None, :, None, None].to(x1.dtype)  # (B, 1, F, 1, 1): broadcast per frame
+    x_t = flow.interpolate(x0, x1, t5, sigma_min)
+    target = flow.velocity_target(x0, x1, sigma_min)
+    pred = net(x_t, t, text, text_mask)
+    err = (pred.float() - target.float()).pow(2).mean(dim=(1, 3, 4))  # (B, F)
+    active = (torch.arange(x1.shape[2], device=x1.device) >= ref_frames).float()  # (F,)
+    return (err * active).sum() / (active.sum() * err.shape[0])
