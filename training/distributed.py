@@ -8,6 +8,8 @@ talk over NCCL, CPUs over gloo.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +64,20 @@ def setup(requested_device: str) -> DistEnv:
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def session(requested_device: str, threads: int) -> Iterator[DistEnv]:
+    """Set threads (0 keeps torch's choice) and the process group for one training run;
+    restores both after, so callers in the same process (tests) keep theirs."""
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield setup(requested_device)
+    finally:
+        teardown()
+        torch.set_num_threads(before)
 
 
 def wrap(net: nn.Module, strategy: Strategy, env: DistEnv) -> nn.Module:

@@ -172,15 +172,8 @@ def _export(cfg: TrainConfig, ema: EMA, net_cfg: StreamDiTConfig, step: int, is_
 
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training; returns a summary of the last logged step."""
-    threads = torch.get_num_threads()
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
-    env = distributed.setup(cfg.run.device)
-    try:
+    with distributed.session(cfg.run.device, cfg.run.threads) as env:
         return _train(cfg, env)
-    finally:
-        distributed.teardown()
-        torch.set_num_threads(threads)  # callers in the same process (tests) keep theirs
 
 
 def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:

@@ -151,15 +151,8 @@ def evaluate(ae: VideoAutoencoder, clips: Tensor, batch: int) -> float:
 
 
 def train_autoencoder(cfg: AETrainConfig) -> dict:
-    threads = torch.get_num_threads()
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
-    env = distributed.setup(cfg.run.device)
-    try:
+    with distributed.session(cfg.run.device, cfg.run.threads) as env:
         return _train(cfg, env)
-    finally:
-        distributed.teardown()
-        torch.set_num_threads(threads)  # callers in the same process (tests) keep theirs
 
 
 def _train(cfg: AETrainConfig, env: distributed.DistEnv) -> dict:
