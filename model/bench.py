@@ -76,9 +76,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--frames", type=int, default=None, help="latent frames per call")
     parser.add_argument("--chunk", type=int, default=2, help="latent frames emitted per call")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's choice)")
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
     args = parser.parse_args(argv)
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     cfg = CONFIGS[args.config]
     is_cuda = torch.device(args.device).type == "cuda"
     dtype = getattr(torch, args.dtype or ("bfloat16" if is_cuda else "float32"))
