@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import cv2
+
 from streamdit_live.controls import CONTROLS, ControlError, Controls, Mode, Size
 from streamdit_live.osc import DEFAULT_PORT, OscConfig, parse_host_port
 from streamdit_live.presets import PresetError, PresetLibrary, to_toml
@@ -359,9 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
     if not args.verbose:
-        # Before cv2 and transformers load: OpenCV's own camera-probing warnings and the text
-        # encoder's weight-loading bar would bury our one-sentence messages.
-        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+        # OpenCV's own camera-probing warnings and the text encoder's weight-loading bar
+        # would bury our one-sentence messages.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     library = PresetLibrary.default()
     try:
