@@ -101,7 +101,7 @@ class StreamBuffer:
         expected = (1, self.latent_shape[0], self.chunk_frames, *self.latent_shape[1:])
         if tuple(latents.shape) != expected:
             raise ValueError(f"input chunk must be {expected}, got {tuple(latents.shape)}")
-        self.inputs.append(latents.detach().float().cpu())
+        self.inputs.append(latents.detach().to(self.device, torch.float32))
 
     # --- the schedule ----------------------------------------------------------------
 
@@ -117,7 +117,8 @@ class StreamBuffer:
 
     def _noise(self, frames: int) -> Tensor:
         c, h, w = self.latent_shape
-        return torch.randn(1, c, frames, h, w, generator=self.generator)
+        # Drawn on the CPU so a seed gives the same stream on every device.
+        return torch.randn(1, c, frames, h, w, generator=self.generator).to(self.device)
 
     def _enter(self, clean: Tensor | None, steps: int) -> Tensor:
         """A chunk at `steps`: noise, or `clean` noised to that level."""
@@ -154,7 +155,7 @@ class StreamBuffer:
             cond, uncond = both.chunk(2)
             v = uncond + self.guidance * (cond - uncond)
         self.model_calls += 1
-        return v.float().cpu()
+        return v.float()
 
     def _start(self) -> bool:
         """Fill the staircase. Returns False while video mode still waits for input."""
@@ -184,8 +185,9 @@ class StreamBuffer:
         return True
 
     def step(self) -> Tensor | None:
-        """One model call over the whole buffer. Returns the chunk (1, C, c, H, W) that
-        became clean in this step, or None (also None while video mode waits for input)."""
+        """One model call over the whole buffer. Returns the chunk (1, C, c, H, W), float32 on
+        the model's device, that became clean in this step, or None (also while video mode
+        waits for input). The buffer stays float32 whatever the model's dtype (bf16 on GPUs)."""
         if self.x is None and not self._start():
             return None
         k, c = self.scheme.ref_frames, self.chunk_frames
@@ -194,7 +196,7 @@ class StreamBuffer:
             self._time(steps),
             self._time(torch.clamp(steps + 1, max=self.scheme.total_steps)),
         )
-        dt = (t_next - t).float()[None, None, :, None, None]  # (1, 1, F, 1, 1); 0 on refs
+        dt = (t_next - t).float().to(self.device)[None, None, :, None, None]  # (1,1,F,1,1)
         self.x = euler_step(self.x, self._velocity(self.x, t.float()), dt)
         self.micro += 1
         if self.micro < self.scheme.micro_steps:

@@ -164,3 +164,13 @@ def test_bad_inputs_are_refused():
         buf.set_prompt(torch.zeros(1, 4, 7))
     with pytest.raises(ValueError, match="strength"):
         buf.reset(strength=0.0)
+
+
+def test_bfloat16_model_keeps_a_float32_buffer():
+    """The GPU path (bf16 weights) on the CPU: the buffer and its output stay float32."""
+    scheme = PartitionScheme(0, 2, 1, 1)
+    buf = StreamBuffer(_net().to(torch.bfloat16), scheme, SHAPE, _text(), seed=0)
+    out = buf.step()
+    assert out.dtype == torch.float32 and buf.x.dtype == torch.float32
+    reference = StreamBuffer(_net(), scheme, SHAPE, _text(), seed=0).step()
+    assert (out - reference).abs().max() < 0.1 * reference.abs().max()
