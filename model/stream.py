@@ -37,6 +37,7 @@ class StreamBuffer:
         strength: float = 1.0,
         guidance: float = 1.0,
         null_text: Tensor | None = None,
+        null_mask: Tensor | None = None,
         shift: float = 1.0,
     ):
         self.net = net.eval()
@@ -48,7 +49,10 @@ class StreamBuffer:
         param = next(net.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.set_prompt(text, text_mask)
+        # The unconditional branch of guidance: the empty prompt's states and mask, as the
+        # model saw them under text dropout in training (zeros if not given).
         self.null_text = None if null_text is None else self._check_text(null_text)
+        self.null_mask = None if null_mask is None else null_mask.to(self.device).bool()
         self.model_calls = 0
         self.reset(seed=seed, mode=mode, strength=strength)
 
@@ -145,10 +149,15 @@ class StreamBuffer:
         else:
             null = self.null_text if self.null_text is not None else torch.zeros_like(self.text)
             if null.shape[1] != self.text.shape[1]:
-                raise ValueError("null_text must have the prompt's length for guidance")
+                raise ValueError(
+                    f"null_text has {null.shape[1]} tokens but the prompt {self.text.shape[1]}; "
+                    "encode both with the same text encoder"
+                )
             mask = None
-            if self.text_mask is not None:
-                mask = torch.cat([self.text_mask, torch.ones_like(self.text_mask)])
+            if self.text_mask is not None or self.null_mask is not None:
+                ones = torch.ones(1, null.shape[1], dtype=torch.bool, device=self.device)
+                cond_mask = ones if self.text_mask is None else self.text_mask
+                mask = torch.cat([cond_mask, ones if self.null_mask is None else self.null_mask])
             both = self.net(
                 x_in.repeat(2, 1, 1, 1, 1), t_in.repeat(2, 1), torch.cat([self.text, null]), mask
             )

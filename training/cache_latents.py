@@ -15,12 +15,30 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from training.config import ConfigError, load_config
 from training.data import LatentCache, build_dataset
 from training.distributed import pick_device
-from training.train import build_autoencoder, geometry
+from training.train import autoencoder_tag, build_autoencoder, calibrate_random, geometry
+
+
+def _build(cfg, args: argparse.Namespace):
+    if cfg.data.latent_cache:
+        raise ConfigError("data.latent_cache is set; unset it to encode from the sources")
+    device = pick_device(cfg.run.device, 0)
+    ae = build_autoencoder(cfg, device)
+    geo = geometry(cfg, ae)
+    data = build_dataset(
+        cfg.data, geo.video_frames, geo.size, cfg.run.seed, cfg.stages[0].folder_path
+    )
+    calibrate_random(cfg, ae, geo, device)
+    return LatentCache.build(
+        args.out,
+        data,
+        lambda x: ae.encode(x.to(device)),
+        args.clips,
+        args.batch,
+        autoencoder_tag(cfg),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,27 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
+        path = _build(load_config(args.config, args.overrides), args)
+    except ConfigError as e:  # a mistake in the config: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if cfg.data.latent_cache:
-        print(
-            "error: data.latent_cache is set; unset it to encode from the sources", file=sys.stderr
-        )
-        return 2
-    device = pick_device(cfg.run.device, 0)
-    ae = build_autoencoder(cfg, device)
-    geo = geometry(cfg, ae)
-    data = build_dataset(
-        cfg.data, geo.video_frames, geo.size, cfg.run.seed, cfg.stages[0].folder_path
-    )
-    if cfg.autoencoder.source.value == "random":
-        ae.calibrate(torch.stack([data[i][0] for i in range(8)]).to(device))
-    tag = cfg.autoencoder.checkpoint or f"random:{cfg.autoencoder.preset}"
-    path = LatentCache.build(
-        args.out, data, lambda x: ae.encode(x.to(device)), args.clips, args.batch, tag
-    )
     print(f"wrote {args.clips} latent clips to {path}")
     return 0
 

@@ -281,8 +281,14 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"optim.ema_decay must be in [0, 1), got {cfg.optim.ema_decay}")
     if min(cfg.data.synthetic, cfg.data.packaged, cfg.data.folder) < 0:
         raise ConfigError("data.synthetic, data.packaged and data.folder weights must be >= 0")
-    if cfg.data.folder > 0 and not (cfg.data.folder_path or any(s.folder_path for s in cfg.stages)):
-        raise ConfigError("data.folder > 0 needs data.folder_path (a directory of videos)")
+    if cfg.data.folder > 0 and not (cfg.data.folder_path or all(s.folder_path for s in cfg.stages)):
+        raise ConfigError(
+            "data.folder > 0 needs data.folder_path (a directory of videos), or a folder_path "
+            "in every [[stages]] table"
+        )
+    for key in ("log_every", "ckpt_every"):
+        if getattr(cfg.run, key) < 1:
+            raise ConfigError(f"run.{key} must be >= 1, got {getattr(cfg.run, key)}")
     if cfg.autoencoder.source is AutoencoderSource.CHECKPOINT and not cfg.autoencoder.checkpoint:
         raise ConfigError(
             "autoencoder.source = 'checkpoint' needs autoencoder.checkpoint; train one with "

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from training.config import DataSection
+from training.config import ConfigError, DataSection
 from training.scenes import plan_scene, render_scene
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
@@ -139,7 +139,7 @@ def _read_captions(root: Path) -> dict[str, str]:
             row = json.loads(line)
             captions[str(row["file"])] = str(row["caption"])
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(
+            raise ConfigError(
                 f'{table}:{number}: expected {{"file", "caption"}}, got {line!r}'
             ) from e
     return captions
@@ -166,7 +166,7 @@ class VideoFolder(Dataset):
     ):
         root = Path(root)
         if not root.is_dir():
-            raise ValueError(
+            raise ConfigError(
                 f"video folder {root} does not exist; set data.folder_path to a directory"
             )
         table = _read_captions(root)
@@ -191,7 +191,7 @@ class VideoFolder(Dataset):
                 stacklevel=2,
             )
         if not videos:
-            raise ValueError(f"no readable videos in {root}; check the formats OpenCV reads")
+            raise ConfigError(f"no readable videos in {root}; check the formats OpenCV reads")
         self.videos = videos  # (path, caption, frame count, fps)
         self.frames, (self.height, self.width) = frames, as_hw(size)
         self.fps, self.seed = fps, seed
@@ -259,7 +259,7 @@ class LatentCache(Dataset):
         self.captions = json.loads(meta.get("captions", "[]"))
         self.autoencoder = meta.get("autoencoder", "")
         if len(self.captions) != len(self.latents):
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: {len(self.latents)} latents but {len(self.captions)} captions"
             )
 
@@ -328,6 +328,10 @@ def build_dataset(
     if section.folder > 0:
         root = folder_path or section.folder_path
         parts.append((VideoFolder(root, frames, size, section.fps, seed), section.folder))
+    if not parts:
+        raise ConfigError(
+            "data.synthetic, data.packaged and data.folder are all 0; give a source a weight"
+        )
     if len(parts) == 1:
         return parts[0][0]
     return Mixture(parts, seed)

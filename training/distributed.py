@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from training.config import Strategy
+from training.config import ConfigError, Strategy
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,11 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("run.device = 'cuda' but no CUDA device is visible; use 'cpu'")
+            raise ConfigError("run.device = 'cuda' but no CUDA device is visible; use 'cpu'")
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     if requested == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"run.device must be auto, cpu or cuda, got {requested!r}")
+    raise ConfigError(f"run.device must be auto, cpu or cuda, got {requested!r}")
 
 
 def setup(requested_device: str) -> DistEnv:
@@ -114,3 +114,17 @@ def all_mean(value: float, env: DistEnv) -> float:
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()
+
+
+def check_same(value: int, what: str, env: DistEnv) -> None:
+    """Raise on every rank unless all ranks hold the same integer (a collective)."""
+    if not env.distributed:
+        return
+    t = torch.tensor([value, -value], dtype=torch.int64, device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    high, low = int(t[0]), -int(t[1])
+    if high != low:
+        raise ConfigError(
+            f"the processes disagree on {what} ({low} to {high}); put run.out_dir on a "
+            "filesystem every node shares"
+        )

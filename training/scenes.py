@@ -79,7 +79,7 @@ class SceneObject:
     def phrase(self) -> str:
         adjective = f"{self.motion.value} " if self.motion is not Motion.PLAIN else ""
         noun = f"{adjective}{self.color} {self.shape}"
-        article = "" if self.shape == "stripes" else "a "
+        article = "" if self.shape == "stripes" else "an " if noun[0] in "aeiou" else "a "
         return f"{article}{noun} moving {self.direction.value}"
 
 

@@ -34,6 +34,11 @@ def state_path(out_dir: str | Path, step: int) -> Path:
     return Path(out_dir) / "checkpoints" / f"state-{step:08d}.safetensors"
 
 
+def state_step(path: Path | None) -> int:
+    """The step in a `state_path` name; 0 for None (no checkpoint)."""
+    return int(path.stem.rsplit("-", 1)[1]) if path is not None else 0
+
+
 def latest_state(out_dir: str | Path) -> Path | None:
     files = sorted((Path(out_dir) / "checkpoints").glob("state-*.safetensors"))
     return files[-1] if files else None

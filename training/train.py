@@ -46,10 +46,10 @@ from training.config import (
     load_config,
     to_dict,
 )
-from training.data import StepSampler, build_dataset
+from training.data import LatentCache, StepSampler, build_dataset
 from training.ema import EMA
 from training.objective import draw_noise, flow_matching_loss, resolve_chunk_sizes, step_generator
-from training.state import latest_state, load_state, save_state, state_path
+from training.state import latest_state, load_state, save_state, state_path, state_step
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -112,6 +112,42 @@ def build_text_encoder(cfg: TrainConfig, device: torch.device):
     return encoder
 
 
+def autoencoder_tag(cfg: TrainConfig) -> str:
+    """Names the latent space: the autoencoder checkpoint, or the random preset."""
+    return cfg.autoencoder.checkpoint or f"random:{cfg.autoencoder.preset}"
+
+
+def calibrate_random(cfg: TrainConfig, ae: VideoAutoencoder, geo: Geometry, device) -> None:
+    """An untrained encoder's latents have arbitrary scale: normalize them on a fixed batch
+    (items 0..7 of the first stage's data, identical on every rank and in `cache_latents`)."""
+    if cfg.autoencoder.source is AutoencoderSource.RANDOM:
+        probe = build_dataset(
+            cfg.data, geo.video_frames, geo.size, cfg.run.seed, cfg.stages[0].folder_path
+        )
+        ae.calibrate(torch.stack([probe[i][0] for i in range(8)]).to(device))
+
+
+def check_latent_cache(cfg: TrainConfig, cache: LatentCache) -> None:
+    """A cache trains the DiT in the latent space it was encoded in: refuse any other."""
+    net_cfg = model_config(cfg)
+    want, got = autoencoder_tag(cfg), cache.autoencoder
+
+    def same(a: str, b: str) -> bool:
+        return a == b or not a.startswith("random:") and os.path.realpath(a) == os.path.realpath(b)
+
+    if not same(want, got):
+        raise ConfigError(
+            f"data.latent_cache {cfg.data.latent_cache} was encoded by {got or 'unknown'} but "
+            f"this run's autoencoder is {want}; rebuild it with `python -m training.cache_latents`"
+        )
+    shape = tuple(cache.latents.shape[1:3])
+    if shape != (net_cfg.latent_channels, net_cfg.latent_frames):
+        raise ConfigError(
+            f"data.latent_cache {cfg.data.latent_cache} holds (channels, frames) {shape} but "
+            f"model {cfg.model.preset!r} needs {(net_cfg.latent_channels, net_cfg.latent_frames)}"
+        )
+
+
 @dataclass
 class Geometry:
     video_frames: int
@@ -126,6 +162,12 @@ def geometry(cfg: TrainConfig, ae: VideoAutoencoder) -> Geometry:
         raise ConfigError(f"data.size {size} must be a multiple of {ae.cfg.spatial_factor}")
     latent = size // ae.cfg.spatial_factor
     pt, ph, pw = net_cfg.patch_size
+    if latent % ph or latent % pw:
+        step = ae.cfg.spatial_factor * math.lcm(ph, pw)
+        raise ConfigError(
+            f"data.size {size} gives {latent}x{latent} latents, which the model's patch size "
+            f"{ph}x{pw} does not divide; use a multiple of {step}"
+        )
     tokens = (net_cfg.latent_frames // pt) * (latent // ph) * (latent // pw)
     return Geometry(net_cfg.latent_frames * ae.cfg.temporal_factor, size, tokens)
 
@@ -145,6 +187,21 @@ class JsonlLog:
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
 
+    def rewind(self, step: int) -> None:
+        """Drop records past `step`: after a crash they are replayed by the resumed run."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass  # a line cut short by the crash
+        if len(kept) < len(lines):
+            self.path.write_text("".join(kept))
+
     def write(self, record: dict) -> None:
         if self.enabled:
             with self.path.open("a") as f:
@@ -163,7 +220,7 @@ def _export(cfg: TrainConfig, ema: EMA, net_cfg: StreamDiTConfig, step: int, is_
     meta = {
         "step": str(step),
         "text_encoder": cfg.text.encoder.value,
-        "autoencoder": cfg.autoencoder.checkpoint or f"random:{cfg.autoencoder.preset}",
+        "autoencoder": autoencoder_tag(cfg),
     }
     save_checkpoint(
         Path(cfg.run.out_dir) / "streamdit_ema.safetensors", export, net_cfg, "streamdit", meta
@@ -198,13 +255,8 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     chunk_sizes = resolve_chunk_sizes(
         net_cfg.latent_frames, cfg.flow.ref_frames, cfg.flow.chunk_sizes
     )
-    if cfg.autoencoder.source is AutoencoderSource.RANDOM and not cfg.data.latent_cache:
-        # An untrained encoder's latents have arbitrary scale: normalize them on a fixed
-        # batch (items 0..7 of the first stage's data, identical on every rank).
-        probe = build_dataset(
-            cfg.data, geo.video_frames, geo.size, cfg.run.seed, cfg.stages[0].folder_path
-        )
-        ae.calibrate(torch.stack([probe[i][0] for i in range(8)]).to(device))
+    if not cfg.data.latent_cache:
+        calibrate_random(cfg, ae, geo, device)
 
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     with torch.device(device):
@@ -220,10 +272,14 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
 
     step = 0
     resume = latest_state(out)
+    # Before loading, which is collective under FSDP: a rank that sees no checkpoint (an
+    # out_dir not shared between nodes) would start over and hang or silently diverge.
+    distributed.check_same(state_step(resume), "the checkpoint step to resume from", env)
     if resume is not None:
         step = load_state(resume, net, opt, ema)
     end = min(cfg.total_steps, cfg.run.max_steps or cfg.total_steps)
     log = JsonlLog(out / "log.jsonl", env.is_main)
+    log.rewind(step)
     if env.is_main:
         params = sum(p.numel() for p in net.parameters())
         origin = f"resumed from {resume}" if resume else "fresh start"
@@ -242,6 +298,8 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
         stage, _ = cfg.stage_at(step)
         stage_end = min(end, step - cfg.stage_at(step)[1] + stage.steps)
         data = build_dataset(cfg.data, geo.video_frames, geo.size, cfg.run.seed, stage.folder_path)
+        if isinstance(data, LatentCache):
+            check_latent_cache(cfg, data)
         loader = DataLoader(
             data,
             batch_size=per_rank,

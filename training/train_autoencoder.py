@@ -38,7 +38,9 @@ from model.autoencoder import AE_CONFIGS, VideoAutoencoder
 from training import distributed
 from training.config import ConfigError, DataSection, load_config, to_dict
 from training.data import StepSampler, build_dataset
-from training.state import latest_state, load_state, save_state, state_path
+from training.objective import step_generator
+from training.state import latest_state, load_state, save_state, state_path, state_step
+from training.train import JsonlLog
 
 
 @dataclass
@@ -178,9 +180,14 @@ def _train(cfg: AETrainConfig, env: distributed.DistEnv) -> dict:
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     step = 0
     resume = latest_state(out)
+    # Before loading, which is collective under FSDP: a rank that sees no checkpoint (an
+    # out_dir not shared between nodes) would start over and hang or silently diverge.
+    distributed.check_same(state_step(resume), "the checkpoint step to resume from", env)
     if resume is not None:
         step = load_state(resume, ae, opt, None)
     end = min(cfg.optim.steps, cfg.run.max_steps or cfg.optim.steps)
+    log = JsonlLog(out / "log.jsonl", env.is_main)
+    log.rewind(step)
 
     data = build_dataset(cfg.data, cfg.run.frames, cfg.data.size, cfg.run.seed)
     held_out = build_dataset(cfg.data, cfg.run.frames, cfg.data.size, cfg.run.seed + 104_729)
@@ -199,7 +206,7 @@ def _train(cfg: AETrainConfig, env: distributed.DistEnv) -> dict:
     while step < end:
         clips, _ = next(batches)
         clips = clips.to(device, non_blocking=True)
-        gen = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step * 7_919 + env.rank)
+        gen = step_generator(cfg.run.seed, step, env.rank)
         lr = cfg.optim.lr * min(1.0, (step + 1) / max(cfg.optim.warmup, 1))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -228,9 +235,7 @@ def _train(cfg: AETrainConfig, env: distributed.DistEnv) -> dict:
             }
             if step % cfg.run.eval_every == 0 or step == end:
                 last["psnr_heldout"] = evaluate(ae, eval_clips, per_rank)
-            if env.is_main:
-                with (out / "log.jsonl").open("a") as f:
-                    f.write(json.dumps(last) + "\n")
+            log.write(last)
             bar.set_postfix(loss=f"{last['loss']:.4f}", psnr=last.get("psnr_heldout", ""))
             tic, count = time.perf_counter(), 0
         if step % cfg.run.ckpt_every == 0 or step == end:

@@ -174,3 +174,18 @@ def test_bfloat16_model_keeps_a_float32_buffer():
     assert out.dtype == torch.float32 and buf.x.dtype == torch.float32
     reference = StreamBuffer(_net(), scheme, SHAPE, _text(), seed=0).step()
     assert (out - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+def test_guidance_uses_the_null_prompts_own_mask():
+    """Padding of the empty prompt stays hidden in the unconditional branch, as in training."""
+    scheme = PartitionScheme(0, 2, 1, 1)
+    net = _net()
+    null = torch.zeros(1, 6, TINY.text_dim)
+    null_mask = torch.tensor([[True, True, False, False, False, False]])
+    null_noisy = null.clone()
+    null_noisy[:, 2:] = 50.0  # what sits under the mask must not matter
+    a = StreamBuffer(net, scheme, SHAPE, _text(), guidance=3.0, null_text=null, null_mask=null_mask)
+    b = StreamBuffer(
+        net, scheme, SHAPE, _text(), guidance=3.0, null_text=null_noisy, null_mask=null_mask
+    )
+    assert torch.allclose(a.step(), b.step(), atol=1e-5)

@@ -86,3 +86,11 @@ def test_faster_than_1000_frames_per_second_at_256():
         frames += len(data.render(index)[0])
     rate = frames / (time.perf_counter() - start)
     assert rate > 1000, f"{rate:.0f} frames/s"
+
+
+def test_caption_articles_agree_with_the_next_word():
+    data = SyntheticScenes(frames=8, size=32, seed=0, max_objects=3)
+    captions = [data.scene(i).caption for i in range(300)]
+    assert any(" orange " in c for c in captions)
+    for caption in captions:
+        assert not re.search(r"\ba [aeiou]", caption), caption

@@ -148,3 +148,39 @@ def test_training_from_a_latent_cache(tmp_path):
         )
     )
     assert len(losses(out)) == 2
+
+
+def test_a_latent_cache_from_another_autoencoder_or_shape_is_refused(tmp_path, capsys):
+    from model.autoencoder import AE_CONFIGS, VideoAutoencoder
+    from training.cache_latents import main as cache_main
+    from training.data import LatentCache, SyntheticScenes
+    from training.train import main as train_main
+
+    cache = tmp_path / "latents.safetensors"
+    assert cache_main([str(TINY), "--clips", "2", "--out", str(cache), "--batch", "2"]) == 0
+    ae = tmp_path / "ae.safetensors"
+    VideoAutoencoder(AE_CONFIGS["tiny"]).save(ae)
+    base = [str(TINY), *[a for o in QUIET for a in ("--set", o)], "--set", "run.max_steps=1"]
+    other_ae = ["--set", "autoencoder.source=checkpoint", "--set", f"autoencoder.checkpoint={ae}"]
+    args = [*base, "--set", f"run.out_dir={tmp_path / 'a'}", "--set", f"data.latent_cache={cache}"]
+    assert train_main([*args, *other_ae]) == 2
+    assert "was encoded by random:tiny" in capsys.readouterr().err
+
+    wrong = tmp_path / "wrong.safetensors"  # 2 latent frames where the tiny model has 4
+    data = SyntheticScenes(frames=16, size=64)
+    LatentCache.build(wrong, data, lambda x: torch.zeros(len(x), 4, 2, 8, 8), 2, tag="random:tiny")
+    args = [*base, "--set", f"run.out_dir={tmp_path / 'b'}", "--set", f"data.latent_cache={wrong}"]
+    assert train_main(args) == 2
+    assert "error: data.latent_cache" in capsys.readouterr().err
+
+
+def test_resume_after_a_crash_does_not_duplicate_log_lines(tmp_path):
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    train(load_config(TINY, [*QUIET, "run.max_steps=4", f"run.out_dir={straight}"]))
+    every2 = [*QUIET, "run.ckpt_every=2", f"run.out_dir={crashed}"]
+    train(load_config(TINY, [*every2, "run.max_steps=3"]))
+    # As if the run had died after logging step 3 but before its checkpoint: resume from 2.
+    (crashed / "checkpoints" / "state-00000003.safetensors").unlink()
+    train(load_config(TINY, [*every2, "run.max_steps=4"]))
+    steps = [json.loads(line)["step"] for line in (crashed / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4] and losses(crashed) == losses(straight)

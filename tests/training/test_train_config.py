@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,48 @@ def test_missing_autoencoder_checkpoint_says_how_to_make_one(capsys, tmp_path):
     args = [str(CONFIGS / "cpu.toml"), "--set", f"autoencoder.checkpoint={missing}"]
     assert main([*args, "--set", f"run.out_dir={tmp_path}"]) == 2
     assert "python -m training.train_autoencoder" in capsys.readouterr().err
+
+
+def test_every_stage_needs_a_folder_when_folder_data_is_mixed_in():
+    # A stage without a folder (and no data.folder_path) would scan the working directory.
+    stages = "stages=[{steps=1, folder_path='data/a'}, {steps=1}]"
+    with pytest.raises(ConfigError, match="data.folder_path"):
+        load_config(CONFIGS / "tiny.toml", ["data.folder=1.0", stages])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("run.log_every=0", r"run.log_every must be >= 1"),
+        ("run.ckpt_every=0", r"run.ckpt_every must be >= 1"),
+    ],
+)
+def test_intervals_must_be_positive(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIGS / "tiny.toml", [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("flow.chunk_sizes=[3]", r"error: flow.chunk_sizes \[3\]"),
+        ("flow.ref_frames=4", r"error: flow.ref_frames"),
+        ("data.folder=1.0", r"error: .*data.folder_path"),
+        ("run.device=tpu", r"error: run.device"),
+        ("data.size=72", r"error: data.size 72 gives 9x9 latents"),
+    ],
+)
+def test_cli_errors_the_user_can_fix_are_one_line(capsys, tmp_path, override, message):
+    folder = "data.folder_path=" + str(tmp_path / "missing")
+    args = [str(CONFIGS / "tiny.toml"), "--set", f"run.out_dir={tmp_path}", "--set", override]
+    if override.startswith("data.folder"):
+        args += ["--set", "data.synthetic=0", "--set", folder]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.match(message, err) and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_no_data_source_is_a_config_error(capsys, tmp_path):
+    args = [str(CONFIGS / "tiny.toml"), "--set", f"run.out_dir={tmp_path}"]
+    assert main([*args, "--set", "data.synthetic=0"]) == 2
+    assert capsys.readouterr().err.startswith("error: data.synthetic, data.packaged")
