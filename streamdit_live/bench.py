@@ -19,6 +19,7 @@ from streamdit_live.controls import Controls, Mode, Size
 from streamdit_live.metrics import STAGES
 from streamdit_live.presets import PresetLibrary
 from streamdit_live.session import Session, SessionPlan
+from streamdit_live.sinks import check_folder
 
 
 def format_report(result: dict) -> str:
@@ -49,6 +50,8 @@ def format_report(result: dict) -> str:
 def run_bench(
     args: argparse.Namespace, controls: Controls, out_size: Size | None, library: PresetLibrary
 ) -> int:
+    if args.json is not None:  # fail now, not after the whole run
+        check_folder(args.json, "--json file")
     source = args.source
     if source is None and controls.mode is Mode.VIDEO:
         source = "demo"

@@ -26,7 +26,7 @@ from streamdit_live.sinks import VIRTUALCAM_SIZE, OutputFit, parse_out_size
 PROG = "streamdit-live"
 LIVE_SOURCE, FALLBACK_SOURCE = "webcam:0", "demo"
 LIVE_OUTPUTS = ("virtualcam", "window", "mjpeg:8090")
-EXIT_USAGE, EXIT_FAILED = 2, 1
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 EXAMPLES = f"""\
 examples:
@@ -272,14 +272,23 @@ def resolve_controls(args: argparse.Namespace, library: PresetLibrary) -> Contro
 
 @contextmanager
 def _stop_on_signals(stop) -> Iterator[None]:
-    """Ctrl-C and SIGTERM end the run cleanly (sinks flushed) instead of raising."""
-    handler = lambda signum, frame: stop()  # noqa: E731
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """Ctrl-C and SIGTERM end the run cleanly (sinks flushed) instead of raising; a second
+    one acts as usual (KeyboardInterrupt), in case the clean end hangs."""
+    previous: dict[int, object] = {}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    def handler(signum, frame) -> None:
+        restore()
+        stop()
+
+    previous.update({sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)})
     try:
         yield
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        restore()
 
 
 def _run(args: argparse.Namespace, library: PresetLibrary) -> int:
@@ -382,3 +391,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:  # SessionError and friends: the run could not go on
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's clean end hung
+        print(f"{PROG}: interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -22,27 +22,12 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from model import (
-    AE_CONFIGS,
-    CONFIGS,
-    PartitionScheme,
-    StreamBuffer,
-    StreamDiT,
-    StreamDiTConfig,
-    StreamMode,
-    TextEncoder,
-    TextEncoderProtocol,
-    VideoAutoencoder,
-    blend,
-    load_streamdit,
-)
-from model.checkpoint import CheckpointError, read_metadata
+from model import PartitionScheme, StreamBuffer, StreamDiTConfig, StreamMode, blend
 from streamdit_live.controls import (
     CONTROLS,
     ControlError,
@@ -54,6 +39,10 @@ from streamdit_live.controls import (
 )
 from streamdit_live.frames import frames_to_tensor, tensor_to_frames
 from streamdit_live.metrics import StageTimes
+from streamdit_live.models import Models
+from streamdit_live.models import build_models as build_models  # re-exported
+from streamdit_live.models import cpu_threads as cpu_threads  # re-exported
+from streamdit_live.models import pick_device as pick_device  # re-exported
 from streamdit_live.sources import Captured, Source
 
 log = logging.getLogger(__name__)
@@ -83,96 +72,6 @@ class FrameOutput(Protocol):
     def push(self, frames: Sequence[EmittedFrame]) -> None: ...
 
     def flush(self, keep_last: bool = False) -> None: ...
-
-
-@dataclass
-class Models:
-    dit: StreamDiT
-    ae: VideoAutoencoder
-    text: TextEncoderProtocol
-    device: torch.device
-    trained: bool  # False: random weights, the output is noise-like
-
-    @property
-    def config(self) -> StreamDiTConfig:
-        return self.dit.cfg
-
-
-def cpu_threads(requested: int | None, cores: int | None) -> int:
-    """Torch threads for CPU inference: all cores but one, unless asked otherwise.
-
-    Measured on the 2-core machine: with another busy process (OBS, a training run) two
-    OpenMP threads stall on each other at every parallel region and the tiny model's step
-    goes from ~6 ms to ~1000 ms; one thread stays at ~6 ms. A spare core also keeps
-    capture, the codec and the sinks moving.
-    """
-    if requested is not None:
-        if requested < 1:
-            raise ValueError(f"--threads must be at least 1, got {requested}.")
-        return requested
-    return max(1, (cores or 1) - 1)
-
-
-def pick_device(requested: str | None) -> torch.device:
-    """The requested device, or cuda when present, else the CPU; one sentence if unusable."""
-    if requested is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise ValueError(f"unknown device {requested!r}; use cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {requested!r} was asked for but this torch has no CUDA GPU.")
-    return device
-
-
-def _weight_files(paths: Sequence[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path in paths:
-        files += sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
-    return files
-
-
-def build_models(
-    model: str,
-    device: torch.device,
-    weights: Sequence[Path] = (),
-    text: TextEncoderProtocol | None = None,
-) -> Models:
-    """The named model with random weights, or with the checkpoints in `weights` (files or
-    folders of .safetensors; each file's metadata says whether it is the DiT or the codec)."""
-    dit: StreamDiT | None = None
-    ae: VideoAutoencoder | None = None
-    for path in _weight_files(weights):
-        kind = read_metadata(path).get("kind")
-        if kind == "streamdit":
-            dit = load_streamdit(path, device)
-        elif kind == "autoencoder":
-            ae = VideoAutoencoder.load(path, device)
-        else:
-            raise CheckpointError(
-                f"{path} holds a {kind!r} checkpoint; --weights takes streamdit or "
-                "autoencoder checkpoints."
-            )
-    trained = dit is not None
-    if dit is None:
-        with torch.device(device):
-            dit = StreamDiT(CONFIGS[model])
-    if ae is None:
-        with torch.device(device):
-            ae = VideoAutoencoder(AE_CONFIGS[model])
-    if ae.cfg.latent_channels != dit.cfg.latent_channels:
-        raise CheckpointError(
-            f"the autoencoder makes {ae.cfg.latent_channels}-channel latents but the DiT takes "
-            f"{dit.cfg.latent_channels}; give matching --weights."
-        )
-    text = text or TextEncoder(max_length=dit.cfg.text_len, device=device)
-    if text.dim != dit.cfg.text_dim:
-        raise ValueError(
-            f"the text encoder gives {text.dim}-d states but the {model} model takes "
-            f"{dit.cfg.text_dim}-d; this model needs its own text encoder."
-        )
-    return Models(dit.eval(), ae.eval(), text, device, trained)
 
 
 def check_fits(controls: Controls, models: Models) -> None:
@@ -444,8 +343,8 @@ class Engine:
         if rebuild:
             cfg = self.models.config
             null = None
-            if controls.guidance != 1.0:
-                null = self.models.text.encode("").states
+            if controls.guidance != 1.0:  # the empty prompt, as text dropout trained it
+                null = self.models.text.encode("")
             h = controls.size.height // self.models.ae.cfg.spatial_factor
             w = controls.size.width // self.models.ae.cfg.spatial_factor
             self._buffer = StreamBuffer(
@@ -458,7 +357,8 @@ class Engine:
                 mode=mode,
                 strength=strength,
                 guidance=controls.guidance,
-                null_text=null,
+                null_text=None if null is None else null.states,
+                null_mask=None if null is None else null.mask,
             )
         else:
             self._buffer.set_prompt(text, mask)

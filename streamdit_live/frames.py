@@ -37,23 +37,34 @@ def check_frame(frame: object, where: str) -> np.ndarray:
     return np.ascontiguousarray(frame)
 
 
+def resize_frame(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize to exactly (width, height), ignoring the aspect ratio (the callers crop first)."""
+    h, w = frame.shape[:2]
+    if (w, h) == (width, height):
+        return np.ascontiguousarray(frame)
+    # INTER_AREA averages when shrinking (no aliasing); INTER_LINEAR is cheap and smooth
+    # when enlarging (INTER_AREA would be blocky there).
+    shrinking = width <= w and height <= h
+    return cv2.resize(
+        frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    )
+
+
 def fit_frame(frame: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Scale `frame` to cover (width, height) keeping its aspect ratio, then center-crop."""
+    """Cover (width, height) keeping the aspect ratio: crop the center to the target's shape,
+    then resize once, so no pixel is scaled only to be thrown away."""
     frame = check_frame(frame, "fit_frame")
     if width <= 0 or height <= 0:
         raise ValueError(f"fit_frame: the size must be positive, got {width}x{height}.")
     h, w = frame.shape[:2]
     if (w, h) == (width, height):
         return frame
-    scale = max(width / w, height / h)
-    # Round up so the scaled frame covers the target on both axes before cropping.
-    new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
-    # INTER_AREA averages source pixels when shrinking (no aliasing); it is blocky when enlarging.
-    interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
-    if (new_w, new_h) != (w, h):
-        frame = cv2.resize(frame, (new_w, new_h), interpolation=interpolation)
-    top, left = (new_h - height) // 2, (new_w - width) // 2
-    return np.ascontiguousarray(frame[top : top + height, left : left + width])
+    if w * height > h * width:  # source wider than the target: crop its sides
+        crop_w, crop_h = max(1, round(h * width / height)), h
+    else:  # source taller (or the same shape): crop top and bottom
+        crop_w, crop_h = w, max(1, round(w * height / width))
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    return resize_frame(frame[top : top + crop_h, left : left + crop_w], width, height)
 
 
 def frames_to_tensor(

@@ -64,22 +64,23 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def summarize(
-    new_frames: Sequence[FrameRecord],
+    new_frames: int,
+    span: float,
+    latencies_ms: Sequence[float],
     *,
     output_frames: int,
     dropped: int,
     repeated: int,
     extra: dict | None = None,
 ) -> dict:
-    """Summary of a run. `new_frames` are the distinct frames the model made (repeats of a
-    held frame excluded), so `fps` is the model's real rate and the latencies are honest."""
-    span = new_frames[-1].t - new_frames[0].t if len(new_frames) > 1 else 0.0
-    fps = (len(new_frames) - 1) / span if span > 0 else 0.0
-    latencies = [r.latency_ms for r in new_frames if r.latency_ms is not None]
-    p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
+    """Summary of a run. `new_frames` counts the distinct frames the model made (repeats of
+    a held frame excluded) and `span` is the seconds from the first to the last of them, so
+    `fps` is the model's real rate; `latencies_ms` are theirs (a bounded recent window)."""
+    fps = (new_frames - 1) / span if span > 0 else 0.0
+    p50, p95 = percentile(latencies_ms, 50), percentile(latencies_ms, 95)
     return {
         "frames": output_frames,
-        "new_frames": len(new_frames),
+        "new_frames": new_frames,
         "seconds": round(span, 3),
         "fps": round(fps, 3),
         "latency_p50_ms": None if p50 is None else round(p50, 2),

@@ -116,6 +116,7 @@ class OscServer:
         self._last_sender: tuple[str, int] | None = None
         self.handled = 0  # messages applied
         self.rejected = 0  # packets or messages dropped with an error reply
+        self._feedback_errors = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -212,9 +213,15 @@ class OscServer:
         except (ParseError, ValueError, IndexError, TypeError):
             raise OscRejected(f"not a valid OSC packet ({len(data)} bytes).") from None
         # Check every message of a bundle before applying any, so a bundle applies whole.
-        actions = [self._interpret(m.message.address, list(m.message.params)) for m in messages]
-        for action in actions:
-            action()
+        actions = [
+            (m.message.address, self._interpret(m.message.address, list(m.message.params)))
+            for m in messages
+        ]
+        for address, action in actions:
+            try:
+                action()
+            except ControlError as exc:  # a value the loaded model refuses: a user mistake
+                raise OscRejected(f"{address}: {exc}") from None
             self.handled += 1
 
     def _interpret(self, address: str, params: list[object]) -> Callable[[], None]:
@@ -257,8 +264,17 @@ class OscServer:
         to = self.config.feedback or self._last_sender
         if to is None or self._status is None:
             return
-        status = self._status()
-        self._send(to, build_message(f"{PREFIX}/status/fps", float(status.fps)))
-        if status.latency_ms is not None:  # text mode has no input, hence no latency
-            self._send(to, build_message(f"{PREFIX}/status/latency", float(status.latency_ms)))
-        self._send(to, build_message(f"{PREFIX}/status/prompt", status.prompt))
+        try:
+            status = self._status()
+            messages = [build_message(f"{PREFIX}/status/fps", float(status.fps))]
+            if status.latency_ms is not None:  # text mode has no input, hence no latency
+                latency = float(status.latency_ms)
+                messages.append(build_message(f"{PREFIX}/status/latency", latency))
+            messages.append(build_message(f"{PREFIX}/status/prompt", status.prompt))
+        except Exception:  # noqa: BLE001 - feedback must never end the server's thread
+            self._feedback_errors += 1
+            if self._feedback_errors == 1:  # once: this repeats every period
+                log.exception("OSC: building the status feedback failed; control goes on")
+            return
+        for message in messages:
+            self._send(to, message)

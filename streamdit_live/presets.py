@@ -68,6 +68,8 @@ def load_preset(path: Path, origin: str = "file") -> Preset:
         raise PresetError(f"{path}: cannot read the preset ({exc.strerror}).") from None
     except tomllib.TOMLDecodeError as exc:
         raise PresetError(f"{path}: not valid TOML ({exc}).") from None
+    except UnicodeDecodeError:
+        raise PresetError(f"{path}: not UTF-8 text; save the preset as UTF-8.") from None
     description = data.pop("description", "")
     if not isinstance(description, str):
         raise PresetError(f"{path}: key 'description' must be text, got {description!r}.")
@@ -105,16 +107,20 @@ class PresetLibrary:
     def names(self) -> list[str]:
         return sorted(self._files())
 
-    def get(self, name: str) -> Preset:
-        """A preset by name, or by path to a .toml file; raise PresetError if missing or bad."""
-        if name.endswith(SUFFIX) and Path(name).is_file():
+    def get(self, name: str, allow_path: bool = True) -> Preset:
+        """A preset by name, or by path to a .toml file; raise PresetError if missing or bad.
+
+        OSC passes allow_path=False: a sender on the network must not make the app read
+        arbitrary files.
+        """
+        if allow_path and name.endswith(SUFFIX) and Path(name).is_file():
             return load_preset(Path(name))
         entry = self._files().get(name)
         if entry is None:
             available = ", ".join(self.names()) or "none"
             raise PresetError(
-                f"unknown preset {name!r}; available presets: {available} "
-                f"(or give the path of a {SUFFIX} file)."
+                f"unknown preset {name!r}; available presets: {available}"
+                + (f" (or give the path of a {SUFFIX} file)." if allow_path else ".")
             )
         origin, path = entry
         return load_preset(path, origin)

@@ -21,22 +21,17 @@ import numpy as np
 import torch
 
 from streamdit_live.controls import Controls, Size, prompt_mix
-from streamdit_live.engine import (
-    EmittedFrame,
-    Engine,
-    Models,
-    build_models,
-    check_fits,
-    cpu_threads,
-    pick_device,
-)
+from streamdit_live.engine import EmittedFrame, Engine, check_fits
 from streamdit_live.metrics import FrameRecord, MetricsWriter, StageTimes, StreamStatus, summarize
+from streamdit_live.models import Models, build_models, cpu_threads, pick_device
 from streamdit_live.osc import OscConfig, OscServer
 from streamdit_live.pacer import PacedOutput, PacerConfig
 from streamdit_live.presets import PresetLibrary
 from streamdit_live.sinks import (
     OutputFit,
+    SinkKind,
     SinkSet,
+    check_folder,
     check_out_size,
     default_out_size,
     open_sinks,
@@ -54,6 +49,9 @@ from streamdit_live.sources import (
 log = logging.getLogger(__name__)
 
 FIRST_FRAME_TIMEOUT_S = 180.0  # model load + first chunk on a slow CPU, generously
+# The summary's latency percentiles cover this many of the newest frames (over an hour at
+# 24 fps, ~3 MB): a stream runs for days, so nothing here may grow with every frame.
+LATENCY_SAMPLES = 100_000
 
 
 class SessionError(RuntimeError):
@@ -93,8 +91,13 @@ class SessionPlan:
         for path in self.weights:
             if not path.exists():
                 raise ValueError(f"checkpoint {path} does not exist; check the --weights path.")
-        for spec in self.outputs:
-            parse_sink(spec)
+        for spec in map(parse_sink, self.outputs):
+            if spec.kind is SinkKind.FILE:
+                check_folder(spec.path, "Output file")
+        if self.metrics is not None:
+            check_folder(self.metrics, "Metrics file")
+        if self.osc is not None and not 0 <= self.osc.port <= 65535:
+            raise ValueError(f"--osc-port must be from 0 to 65535, got {self.osc.port}.")
         if self.out_size is not None:
             check_out_size(self.out_size)
         if self.frames is not None and self.frames < 1:
@@ -111,7 +114,9 @@ class _Tally:
     new: int = 0
     repeated: int = 0
     first: float | None = None
-    records: list[FrameRecord] = field(default_factory=list)
+    first_new_t: float | None = None  # run time (s) of the first new frame
+    last_new_t: float = 0.0  # and of the newest
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=64))  # new-frame times
     last_latency_ms: float | None = None
 
@@ -163,7 +168,11 @@ class _OutputTap:
             tally.new += 1
             tally.recent.append(now)
             tally.last_latency_ms = latency
-            tally.records.append(record)
+            if tally.first_new_t is None:
+                tally.first_new_t = record.t
+            tally.last_new_t = record.t
+            if latency is not None:
+                tally.latencies.append(latency)
         if self.metrics is not None:
             self.metrics.write(record)
         if self.limit is not None and tally.written >= self.limit:
@@ -219,6 +228,7 @@ class Session:
         self._engine: Engine | None = None
         self._tap: _OutputTap | None = None
         self._paced: PacedOutput | None = None
+        self._source: Source | None = None
         self.osc: OscServer | None = None
 
     def stop(self) -> None:
@@ -267,7 +277,7 @@ class Session:
     ) -> None:
         """Open source, sinks, pacer, engine and OSC onto `stack`, then wait for the end."""
         plan, controls = self.plan, self.plan.controls
-        source = _open_source(plan, controls)
+        source = self._source = _open_source(plan, controls)
         if source is not None:
             stack.callback(source.close)
         out = plan.output_size()
@@ -300,7 +310,10 @@ class Session:
     def _start_osc(self, config: OscConfig) -> OscServer | None:
         assert self._engine is not None
         server = OscServer(
-            config, self._engine, lambda name: self.library.get(name).values, self.status
+            config,
+            self._engine,
+            lambda name: self.library.get(name, allow_path=False).values,
+            self.status,
         )
         try:
             return server.start()
@@ -319,18 +332,29 @@ class Session:
             first = self._tap.tally.first
             now = time.monotonic()
             if first is None and now - started > FIRST_FRAME_TIMEOUT_S:
-                raise SessionError(
-                    f"no frame came out within {FIRST_FRAME_TIMEOUT_S:.0f} s; "
-                    "try a smaller model (--model tiny) or size."
-                )
+                raise SessionError(self._no_frame_reason())
             if first is not None and self.plan.seconds and now - first >= self.plan.seconds:
                 return
+
+    def _no_frame_reason(self) -> str:
+        """Why nothing came out in time: a source that never delivered, else the model."""
+        waited = f"within {FIRST_FRAME_TIMEOUT_S:.0f} s"
+        health = None if self._source is None else self._source.health()
+        if health is not None and health.frames == 0:
+            why = f" ({health.last_error})" if health.last_error else ""
+            return (
+                f"no frame came from {health.name} {waited}{why}; check it or pick another "
+                "source with --source."
+            )
+        return f"no frame came out {waited}; try a smaller model (--model tiny) or size."
 
     def _summary(self, models: Models) -> dict:
         assert self._tap is not None and self._engine is not None
         tally, state, controls = self._tap.tally, self._paced.state, self._engine.controls
         return summarize(
-            tally.records,
+            tally.new,
+            tally.last_new_t - (tally.first_new_t or 0.0),
+            tally.latencies,
             output_frames=tally.written,
             dropped=state.dropped,
             repeated=tally.repeated,

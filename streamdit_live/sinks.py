@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from streamdit_live.controls import Size
-from streamdit_live.frames import check_frame
+from streamdit_live.frames import check_frame, fit_frame, resize_frame
 from streamdit_live.mjpeg import DEFAULT_MJPEG_PORT, MjpegSink
 from streamdit_live.sink_base import Sink, SinkUnavailable
 from streamdit_live.window import WindowSink
@@ -87,18 +87,6 @@ def default_out_size(specs: Iterable[str | SinkSpec], model_size: Size) -> Size:
     return model_size
 
 
-def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
-    h, w = frame.shape[:2]
-    if (w, h) == (width, height):
-        return np.ascontiguousarray(frame)
-    # INTER_AREA averages when shrinking (no aliasing); INTER_LINEAR is cheap and smooth
-    # when enlarging (INTER_AREA would be blocky there).
-    shrinking = width <= w and height <= h
-    return cv2.resize(
-        frame, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    )
-
-
 def scale_frame(
     frame: np.ndarray, width: int, height: int, fit: OutputFit = OutputFit.COVER
 ) -> np.ndarray:
@@ -110,22 +98,22 @@ def scale_frame(
     """
     frame = check_frame(frame, "scale_frame")
     h, w = frame.shape[:2]
-    if (w, h) == (width, height):
-        return frame
-    if fit is OutputFit.COVER:
-        if w * height > h * width:  # source wider than the target: crop its sides
-            crop_w, crop_h = max(1, round(h * width / height)), h
-        else:  # source taller (or the same shape): crop top and bottom
-            crop_w, crop_h = w, max(1, round(w * height / width))
-        top, left = (h - crop_h) // 2, (w - crop_w) // 2
-        return _resize(frame[top : top + crop_h, left : left + crop_w], width, height)
+    if (w, h) == (width, height) or fit is OutputFit.COVER:
+        return fit_frame(frame, width, height)
     scale = min(width / w, height / h)
     inner_w = min(width, max(1, round(w * scale)))
     inner_h = min(height, max(1, round(h * scale)))
     out = np.zeros((height, width, 3), np.uint8)  # calloc'd: ~0.02 ms at 1280x720
     top, left = (height - inner_h) // 2, (width - inner_w) // 2
-    out[top : top + inner_h, left : left + inner_w] = _resize(frame, inner_w, inner_h)
+    out[top : top + inner_h, left : left + inner_w] = resize_frame(frame, inner_w, inner_h)
     return out
+
+
+def check_folder(path: str | os.PathLike[str], what: str) -> None:
+    """Raise ValueError (one sentence) if the folder `path` would be written into is missing."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{what} {str(path)!r}: the folder {folder} does not exist.")
 
 
 class SinkKind(Enum):
@@ -240,9 +228,7 @@ class FileSink(Sink):
         ext = os.path.splitext(path)[1].lower()
         if ext not in VIDEO_FOURCC:
             raise ValueError(f"Output file {path!r}: a recording must end in .mp4 or .avi.")
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise ValueError(f"Output file {path!r}: the folder {folder} does not exist.")
+        check_folder(path, "Output file")
         fourcc = cv2.VideoWriter_fourcc(*VIDEO_FOURCC[ext])
         self.path = path
         self._writer = cv2.VideoWriter(path, fourcc, fps, (width, height))
@@ -353,10 +339,14 @@ def open_sinks(
     anything opens."""
     parsed = [parse_sink(s) if isinstance(s, str) else s for s in specs]
     result = SinkSet(size=Size(width, height), fit=fit)
-    for spec in parsed:
-        try:
-            result.add(open_sink(spec, width, height, fps))
-        except SinkUnavailable as e:
-            log.warning("Output %s is unavailable: %s The others go on.", spec, e)
-            result.failed.append(str(e))
+    try:
+        for spec in parsed:
+            try:
+                result.add(open_sink(spec, width, height, fps))
+            except SinkUnavailable as e:
+                log.warning("Output %s is unavailable: %s The others go on.", spec, e)
+                result.failed.append(str(e))
+    except BaseException:
+        result.close()  # e.g. a recording into a missing folder: free what already opened
+        raise
     return result

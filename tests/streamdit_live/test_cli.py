@@ -225,6 +225,12 @@ def test_bench_reports_stages_as_a_table_and_json(tmp_path):
             "does not exist",
         ),
         (["run", "--mode", "text", "--chunk-size", "3", "--out", "file:x.mp4"], "chunk_size"),
+        (
+            ["run", "--mode", "text", "--out", "file:x.mp4", "--metrics", "/no/such/m.jsonl"],
+            "the folder /no/such does not exist",
+        ),
+        (["run", "--mode", "text", "--out", "file:/no/such/x.mp4"], "folder /no/such does not"),
+        (["bench", "--mode", "text", "--json", "/no/such/b.json"], "folder /no/such does not"),
     ],
 )
 def test_user_mistakes_are_one_sentence_and_exit_2(tmp_path, capsys, args, message):
@@ -278,3 +284,18 @@ def test_live_defaults_fall_back_to_the_demo_without_a_webcam(tmp_path):
     if "Using the demo source instead" not in result.stderr:
         pytest.skip("a webcam is attached here")
     assert len(read_video(out)) == 12
+
+
+def test_a_second_ctrl_c_interrupts_a_shutdown_that_hangs():
+    """The first Ctrl-C asks the run to end cleanly; while that hangs (a model still loading,
+    an engine step that takes minutes) a second one must get through instead of being
+    swallowed, or the user has only kill -9 left."""
+    from streamdit_live.cli import _stop_on_signals
+
+    stops = []
+    with pytest.raises(KeyboardInterrupt), _stop_on_signals(lambda: stops.append(1)):
+        signal.raise_signal(signal.SIGINT)
+        assert stops == [1]
+        signal.raise_signal(signal.SIGINT)
+    assert stops == [1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -12,10 +12,12 @@ import pytest
 from pythonosc.osc_message import OscMessage
 from pythonosc.udp_client import SimpleUDPClient
 
+from streamdit_live.controls import ControlError
 from streamdit_live.metrics import StreamStatus
 from streamdit_live.osc import (
     ERROR_ADDRESS,
     OscConfig,
+    OscRejected,
     OscServer,
     build_message,
     control_addresses,
@@ -192,6 +194,42 @@ def test_a_failing_target_is_reported_not_fatal(peer):
         assert "engine exploded" in receive(peer, ERROR_ADDRESS).params[0]
         peer.sendto(build_message("/streamdit/reset"), srv.address)
         assert broken.next() == ("reset", {})
+
+
+def test_a_value_the_engine_refuses_is_a_user_error_not_an_internal_one():
+    """chunk_size 3 passes the schema's range but not the loaded model (the engine's check):
+    the sender gets the engine's sentence as an OSC error, no traceback, no "internal error"."""
+
+    class Picky(Recorder):
+        def apply(self, changes):
+            raise ControlError("chunk_size must divide the model's 4-frame buffer, got 3.")
+
+    srv = OscServer(OscConfig(port=0), Picky(), load_preset)
+    with pytest.raises(OscRejected, match=r"^/streamdit/chunk_size: chunk_size must divide"):
+        srv.handle_packet(build_message("/streamdit/chunk_size", 3))
+    with pytest.raises(OscRejected, match=r"^/streamdit/preset: chunk_size must divide"):
+        srv.handle_packet(build_message("/streamdit/preset", "calm"))
+    srv.stop()
+
+
+def test_a_failing_status_callback_does_not_kill_the_server(recorder, peer):
+    """Feedback runs on the server's thread: an exception there (a prompt that cannot be
+    encoded, a bug in the status source) must not end OSC control for the rest of the show."""
+    import threading
+
+    failed = threading.Event()
+
+    def status() -> StreamStatus:
+        failed.set()
+        raise RuntimeError("status exploded")
+
+    config = OscConfig(port=0, feedback=peer.getsockname(), feedback_period=0.01)
+    with OscServer(config, recorder, load_preset, status) as srv:
+        assert failed.wait(TIMEOUT)
+        failed.clear()
+        assert failed.wait(TIMEOUT)  # it tried again: the thread is still serving
+        peer.sendto(build_message("/streamdit/seed", 3), srv.address)
+        assert recorder.next() == ("apply", {"seed": 3})
 
 
 def test_a_busy_port_is_one_sentence(server, recorder):

@@ -101,10 +101,23 @@ def test_a_broken_file_does_not_hide_the_others(tmp_path):
     assert listed[1].name == "good"
 
 
+def test_a_file_that_is_not_utf8_is_a_preset_error_not_a_crash(tmp_path):
+    """A preset saved in Latin-1 by some editor: tomllib raises UnicodeDecodeError, which
+    used to escape load_preset, so `presets list` failed as a whole."""
+    write(tmp_path, "good", "seed = 1\n")
+    (tmp_path / "latin.toml").write_bytes('prompt = "caf\u00e9"\n'.encode("latin-1"))
+    listed = PresetLibrary([("user", tmp_path)]).all()
+    assert isinstance(listed[1], PresetError) and "latin.toml" in str(listed[1])
+    assert "UTF-8" in str(listed[1]) and listed[0].name == "good"
+
+
 def test_a_preset_can_be_given_as_a_path(tmp_path):
     path = write(tmp_path, "mine", 'mode = "text"\n')
     preset = PresetLibrary([]).get(str(path))
     assert preset.values == {"mode": Mode.TEXT}
+    # ...but not over OSC, where any sender on the network could name any file.
+    with pytest.raises(PresetError, match="unknown preset"):
+        PresetLibrary([]).get(str(path), allow_path=False)
 
 
 def test_to_toml_round_trips(tmp_path):

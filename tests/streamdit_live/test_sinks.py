@@ -228,6 +228,21 @@ def test_open_sinks_checks_every_spec_before_opening_any(tmp_path):
     assert not (tmp_path / "a.mp4").exists()
 
 
+def test_open_sinks_closes_what_it_opened_when_a_later_output_fails(tmp_path):
+    """A recording into a missing folder fails after the MJPEG server is up: the server must
+    not be left listening (its port stays taken until the process exits otherwise)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    missing = tmp_path / "missing" / "x.mp4"
+    with pytest.raises(ValueError, match="does not exist"):
+        open_sinks([f"mjpeg:127.0.0.1:{port}", f"file:{missing}"], 32, 32, 30.0)
+    with open_sink(f"mjpeg:127.0.0.1:{port}", 32, 32, 30.0):  # SinkUnavailable if it leaked
+        pass
+
+
 def test_every_sink_is_still_importable_from_sinks():
     from streamdit_live import sinks
 
