@@ -284,7 +284,8 @@ class Controls:
     fps: float = _control(
         float,
         24.0,
-        "Output frame rate the pacer holds (and the rate the source is captured at).",
+        "Output frame rate the pacer holds; webcam, screen and demo sources are captured at "
+        "it, a file: source plays at its own rate.",
         low=1.0,
         high=120.0,
         scope=Scope.STARTUP,

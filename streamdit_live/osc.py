@@ -212,40 +212,47 @@ class OscServer:
         # The parser lets some errors through unwrapped (bad UTF-8 in a string, for one).
         except (ParseError, ValueError, IndexError, TypeError):
             raise OscRejected(f"not a valid OSC packet ({len(data)} bytes).") from None
-        # Check every message of a bundle before applying any, so a bundle applies whole.
-        actions = [
-            (m.message.address, self._interpret(m.message.address, list(m.message.params)))
-            for m in messages
-        ]
-        for address, action in actions:
+        # Check every message of a bundle, then apply its changes in one `apply` (which the
+        # engine checks as a whole), so a bundle applies whole or not at all.
+        changes: dict[str, object] = {}
+        reset = False
+        for m in messages:
+            change = self._interpret(m.message.address, list(m.message.params))
+            if change is None:
+                reset = True
+            else:
+                changes.update(change)
+        if changes:
             try:
-                action()
+                self._target.apply(changes)
             except ControlError as exc:  # a value the loaded model refuses: a user mistake
-                raise OscRejected(f"{address}: {exc}") from None
-            self.handled += 1
+                addresses = ", ".join(m.message.address for m in messages)
+                raise OscRejected(f"{addresses}: {exc}") from None
+        if reset:
+            self._target.reset()
+        self.handled += len(messages)
 
-    def _interpret(self, address: str, params: list[object]) -> Callable[[], None]:
+    def _interpret(self, address: str, params: list[object]) -> dict[str, object] | None:
+        """The control changes a message asks for, or None for a reset."""
         if address == f"{PREFIX}/reset":
-            return self._target.reset
+            return None
         if address == f"{PREFIX}/preset":
             name = self._single(address, params)
             if not isinstance(name, str):
                 raise OscRejected(f"{address} takes a preset name (s), got {name!r}.")
             try:
-                values = self._load_preset(name)
+                return dict(self._load_preset(name))
             except ValueError as exc:
                 raise OscRejected(str(exc)) from None
-            return lambda: self._target.apply(values)
         name = self._addresses.get(address)
         if name is None:
             raise OscRejected(
                 f"unknown address {address!r}; see docs/OSC.md for the {PREFIX}/... addresses."
             )
         try:
-            value = CONTROLS[name].check(self._single(address, params))
+            return {name: CONTROLS[name].check(self._single(address, params))}
         except ControlError as exc:
             raise OscRejected(f"{address}: {exc}") from None
-        return lambda: self._target.apply({name: value})
 
     @staticmethod
     def _single(address: str, params: list[object]) -> object:

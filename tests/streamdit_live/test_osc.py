@@ -212,6 +212,25 @@ def test_a_value_the_engine_refuses_is_a_user_error_not_an_internal_one():
     srv.stop()
 
 
+def test_a_bundle_applies_whole_in_one_call_or_not_at_all(recorder):
+    from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
+
+    def bundle(*messages: tuple[str, object]) -> bytes:
+        builder = OscBundleBuilder(IMMEDIATELY)
+        for address, value in messages:
+            builder.add_content(OscMessage(build_message(address, value)))
+        return builder.build().dgram
+
+    srv = OscServer(OscConfig(port=0), recorder, load_preset)
+    srv.handle_packet(bundle(("/streamdit/prompt", "fog"), ("/streamdit/strength", 0.5)))
+    assert recorder.next() == ("apply", {"prompt": "fog", "strength": 0.5})  # exact in float32
+    assert recorder.calls.empty()  # one call, not two
+    with pytest.raises(OscRejected, match="strength"):  # one bad message spoils the bundle
+        srv.handle_packet(bundle(("/streamdit/prompt", "rain"), ("/streamdit/strength", 7.0)))
+    assert recorder.calls.empty()
+    srv.stop()
+
+
 def test_a_failing_status_callback_does_not_kill_the_server(recorder, peer):
     """Feedback runs on the server's thread: an exception there (a prompt that cannot be
     encoded, a bug in the status source) must not end OSC control for the rest of the show."""
