@@ -8,10 +8,13 @@ TOML is taken as a bare string, so ``--set run.out_dir=runs/x`` needs no quotes.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import os
 import sys
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -294,3 +297,30 @@ def _validate(cfg: TrainConfig) -> None:
             "autoencoder.source = 'checkpoint' needs autoencoder.checkpoint; train one with "
             "`python -m training.train_autoencoder` or set autoencoder.source = 'random'"
         )
+
+
+def run_cli(
+    argv: list[str] | None, prog: str, example: str, cls: type, run: Callable[[Any], object]
+) -> int:
+    """The shared command line of the trainers: CONFIG.toml [--set KEY=VALUE ...].
+
+    A mistake in the config prints one line (once, not once per torchrun process), exit 2.
+    """
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("config", help=f"a TOML file, e.g. {example}")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.batch_size=4 (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        run(load_config(args.config, args.overrides, cls=cls))
+    except ConfigError as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

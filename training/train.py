@@ -16,7 +16,6 @@ Letters: B batch, C channels, F frames, H W height/width.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -43,7 +42,7 @@ from training.config import (
     Precision,
     TextSource,
     TrainConfig,
-    load_config,
+    run_cli,
     to_dict,
 )
 from training.data import LatentCache, StepSampler, build_dataset
@@ -413,26 +412,9 @@ def _step(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.train", description=__doc__.split("\n")[0]
+    return run_cli(
+        argv, "python -m training.train", "training/configs/tiny.toml", TrainConfig, train
     )
-    parser.add_argument("config", help="a TOML file, e.g. training/configs/tiny.toml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set optim.batch_size=4 (repeatable)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        train(load_config(args.config, args.overrides))
-    except ConfigError as e:  # a mistake in the config: one line, no traceback
-        if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

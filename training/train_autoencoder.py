@@ -18,10 +18,8 @@ Letters: B batch, F frames, H W pixels.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,7 +34,7 @@ from tqdm import tqdm
 
 from model.autoencoder import AE_CONFIGS, VideoAutoencoder
 from training import distributed
-from training.config import ConfigError, DataSection, load_config, to_dict
+from training.config import ConfigError, DataSection, run_cli, to_dict
 from training.data import StepSampler, build_dataset
 from training.objective import step_generator
 from training.state import latest_state, load_state, save_state, state_path, state_step
@@ -258,24 +256,13 @@ def _train(cfg: AETrainConfig, env: distributed.DistEnv) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.train_autoencoder")
-    parser.add_argument("config", help="a TOML file, e.g. training/configs/autoencoder_tiny.toml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (repeatable)",
+    return run_cli(
+        argv,
+        "python -m training.train_autoencoder",
+        "training/configs/autoencoder_tiny.toml",
+        AETrainConfig,
+        train_autoencoder,
     )
-    args = parser.parse_args(argv)
-    try:
-        train_autoencoder(load_config(args.config, args.overrides, cls=AETrainConfig))
-    except ConfigError as e:  # a mistake in the config: one line, no traceback
-        if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":
