@@ -16,6 +16,8 @@ from typing import IO
 
 # The stages a frame passes through, in order; `bench` reports them in this order.
 STAGES = ("capture", "encode", "step", "decode", "sink")
+# No new frame for this long and the stream counts as stalled: its status fps reads 0.
+STALL_AFTER_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,35 @@ class StreamStatus:
     prompt: str
 
 
+def stream_status(
+    new_frame_times: Sequence[float],
+    latency_ms: float | None,
+    prompt: str,
+    now: float,
+    *,
+    paused: bool = False,
+    stall_after: float = STALL_AFTER_S,
+) -> StreamStatus:
+    """The status at `now` from the times of the recent new frames (oldest first) and the
+    newest one's latency.
+
+    While frames flow, fps is their rate and latency the newest one's. While paused, or
+    once no new frame came for `stall_after` seconds, fps is 0 and latency is the age of
+    the picture still on screen (the newest frame's latency plus the time since it came
+    out), which keeps growing, so a status display never shows numbers the stream no longer
+    has. A latency of None (text mode: no capture time) stays None.
+    """
+    if not new_frame_times:
+        return StreamStatus(0.0, latency_ms, prompt)
+    newest, span = new_frame_times[-1], new_frame_times[-1] - new_frame_times[0]
+    since = max(0.0, now - newest)
+    if paused or since >= stall_after:
+        latency = None if latency_ms is None else latency_ms + since * 1000.0
+        return StreamStatus(0.0, latency, prompt)
+    fps = (len(new_frame_times) - 1) / span if len(new_frame_times) > 2 and span > 0 else 0.0
+    return StreamStatus(fps, latency_ms, prompt)
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile (0..100) by linear interpolation; None for no values."""
     if not values:
@@ -71,12 +102,16 @@ def summarize(
     output_frames: int,
     dropped: int,
     repeated: int,
+    rated_frames: int | None = None,
     extra: dict | None = None,
 ) -> dict:
     """Summary of a run. `new_frames` counts the distinct frames the model made (repeats of
     a held frame excluded) and `span` is the seconds from the first to the last of them, so
-    `fps` is the model's real rate; `latencies_ms` are theirs (a bounded recent window)."""
-    fps = (new_frames - 1) / span if span > 0 else 0.0
+    `fps` is the model's real rate; `latencies_ms` are theirs (a bounded recent window).
+    `rated_frames` (default: all new frames) are those within `span`, when frames written
+    after it (a final drain, all at once) must not count towards the rate."""
+    rated = new_frames if rated_frames is None else rated_frames
+    fps = (rated - 1) / span if span > 0 else 0.0
     p50, p95 = percentile(latencies_ms, 50), percentile(latencies_ms, 95)
     return {
         "frames": output_frames,

@@ -110,7 +110,8 @@ class OscServer:
         self._status = status
         self._addresses = control_addresses()
         self._sock: socket.socket | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
+        # Wakes the thread on stop; made by a successful `start`, so a failed one holds none.
+        self._wake: tuple[socket.socket, socket.socket] | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._last_sender: tuple[str, int] | None = None
@@ -137,6 +138,7 @@ class OscServer:
             ) from None
         sock.setblocking(False)
         self._sock = sock
+        self._wake = socket.socketpair()
         self._thread = threading.Thread(target=self._serve, name="osc-server", daemon=True)
         self._thread.start()
         log.info("OSC: listening on %s:%d", *self.address)
@@ -150,13 +152,15 @@ class OscServer:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._wake_w.send(b"x")
+        if self._wake is not None:
+            self._wake[1].send(b"x")
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         if self._sock is not None:
             self._sock.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        if self._wake is not None:
+            for end in self._wake:
+                end.close()
 
     def __enter__(self) -> OscServer:
         return self.start()
@@ -167,11 +171,11 @@ class OscServer:
     # --- the server thread -------------------------------------------------------------
 
     def _serve(self) -> None:
-        assert self._sock is not None
+        assert self._sock is not None and self._wake is not None
         next_feedback = time.monotonic() + self.config.feedback_period
         while not self._stopping.is_set():
             timeout = max(0.0, next_feedback - time.monotonic())
-            readable, _, _ = select.select([self._sock, self._wake_r], [], [], timeout)
+            readable, _, _ = select.select([self._sock, self._wake[0]], [], [], timeout)
             if self._sock in readable:
                 self._drain()
             if time.monotonic() >= next_feedback:

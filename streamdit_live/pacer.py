@@ -12,8 +12,8 @@ them out on a fixed tick:
   seconds, the surplus is stale latency and the oldest frames are dropped; `max_depth` is
   a hard bound enforced on push (oldest dropped).
 
-`push`, `pull` and `flush` are pure functions of (state, now): tests drive them with a fake
-clock. `PacedOutput` is the thin threaded wrapper that runs them on the real clock.
+`push`, `pull`, `flush` and `drain` are pure functions of (state, now): tests drive them with
+a fake clock. `PacedOutput` is the thin threaded wrapper that runs them on the real clock.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ T = TypeVar("T")
 SPREAD_BELOW = 0.9  # spread frames out only when the input runs below 90 % of the output fps
 CREDIT_SLACK = 1e-6  # float rounding must not turn a due frame into a repeat
 DUE_SLACK_S = 1e-6  # nor a tick due now into a wait
+# How long `PacedOutput.close` waits for its thread (the drain plus a write in progress);
+# an output stuck longer than this is reported by `close` returning False.
+CLOSE_TIMEOUT_S = 10.0
 
 
 class PacerEvent(Enum):
@@ -221,6 +224,25 @@ def flush(state: PacerState[T], keep_last: bool = False) -> PacerState[T]:
     )
 
 
+def drain(state: PacerState[T]) -> tuple[PacerState[T], tuple[T, ...]]:
+    """Take every buffered frame at once, oldest first (a clean end: the frames already made
+    are written out without waiting for their ticks); they count as emitted."""
+    frames = state.buffer
+    if not frames:
+        return state, ()
+    state = dataclasses.replace(
+        state,
+        buffer=(),
+        last=frames[-1],
+        priming=True,
+        credit=0.0,
+        window_start=None,
+        window_min_depth=None,
+        emitted=state.emitted + len(frames),
+    )
+    return state, frames
+
+
 class FrameWriter(Protocol):
     def write(self, frame: np.ndarray) -> None: ...
 
@@ -230,7 +252,8 @@ class PacedOutput(Generic[T]):
 
     The engine calls `push(frames)` from its own thread. Items may be frames or anything
     carrying one (give `frame_of`); `on_emit(item, event, now)` sees every written tick, e.g.
-    for metrics. Errors from `output` or `on_emit` are logged and the ticks go on.
+    for metrics. Errors from `output` or `on_emit` are logged and the ticks go on. Leaving the
+    `with` block normally drains the buffer into `output`; leaving it on an error does not.
     """
 
     def __init__(
@@ -249,6 +272,7 @@ class PacedOutput(Generic[T]):
         self._cond = threading.Condition()
         self._state: PacerState[T] = PacerState(config=config)
         self._closed = False
+        self._drain = False
         self._errors = 0
         self._thread = threading.Thread(target=self._run, name="paced-output", daemon=True)
 
@@ -272,24 +296,40 @@ class PacedOutput(Generic[T]):
         with self._cond:
             return self._state
 
-    def close(self, timeout: float = 2.0) -> None:
+    @property
+    def alive(self) -> bool:
+        """True while the thread runs, e.g. still inside a write after `close` gave up."""
+        return self._thread.is_alive()
+
+    def close(self, drain: bool = False, timeout: float | None = CLOSE_TIMEOUT_S) -> bool:
+        """Stop ticking; with `drain`, first write every buffered frame at once.
+
+        Returns True once the thread has ended, so `output` may be closed; False if it is
+        still inside a write after `timeout` seconds (None: wait as long as it takes).
+        """
         with self._cond:
             self._closed = True
+            self._drain = self._drain or drain
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def __enter__(self) -> PacedOutput[T]:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(drain=exc_type is None)
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 if self._closed:
-                    return
+                    rest: tuple[T, ...] = ()
+                    if self._drain:
+                        self._state, rest = drain(self._state)
+                    now = self._clock()
+                    break
                 now = self._clock()
                 self._state, item, event = pull(self._state, now)
                 if item is None:
@@ -300,6 +340,8 @@ class PacedOutput(Generic[T]):
                         self._cond.wait(timeout)
                     continue
             self._write(item, event, now)
+        for item in rest:  # on this thread, so `output` never sees two writers at once
+            self._write(item, PacerEvent.EMITTED, now)
 
     def _write(self, item: T, event: PacerEvent, now: float) -> None:
         try:

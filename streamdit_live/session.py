@@ -3,7 +3,8 @@
 This is the wiring that `streamdit-live run`, `bench` and the default command share: open
 everything (failing early with one sentence on a user mistake), stream until the frame or
 time limit, a stop request (Ctrl-C) or an engine failure, then close everything in reverse
-order so recordings are finalized and playable.
+order so recordings are finalized and playable. On a clean end the frames still in the
+pacer's buffer are written out first, so a recording keeps its last fraction of a second.
 """
 
 from __future__ import annotations
@@ -22,10 +23,17 @@ import torch
 
 from streamdit_live.controls import Controls, Size, prompt_mix
 from streamdit_live.engine import EmittedFrame, Engine, check_fits
-from streamdit_live.metrics import FrameRecord, MetricsWriter, StageTimes, StreamStatus, summarize
+from streamdit_live.metrics import (
+    FrameRecord,
+    MetricsWriter,
+    StageTimes,
+    StreamStatus,
+    stream_status,
+    summarize,
+)
 from streamdit_live.models import Models, build_models, cpu_threads, pick_device
 from streamdit_live.osc import OscConfig, OscServer
-from streamdit_live.pacer import PacedOutput, PacerConfig
+from streamdit_live.pacer import CLOSE_TIMEOUT_S, PacedOutput, PacerConfig
 from streamdit_live.presets import PresetLibrary
 from streamdit_live.sinks import (
     OutputFit,
@@ -112,9 +120,10 @@ class _Tally:
 
     written: int = 0
     new: int = 0
+    rated: int = 0  # new frames shown on the pacer's clock, the final drain excluded: the fps
     repeated: int = 0
     first: float | None = None
-    first_new_t: float | None = None  # run time (s) of the first new frame
+    first_new_t: float | None = None  # run time (s) of the first rated new frame
     last_new_t: float = 0.0  # and of the newest
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=64))  # new-frame times
@@ -135,8 +144,14 @@ class _OutputTap:
         self.sinks, self.metrics, self.limit = sinks, metrics, limit
         self.stage_times, self.done = stage_times, done
         self.tally = _Tally()
+        # False once the stream has ended: the pacer's final drain writes its frames at once,
+        # which would inflate the measured rate.
+        self.timing = True
         self._last: EmittedFrame | None = None
         self._scaled: np.ndarray | None = None  # self._last's frame at the output size
+
+    def end_timing(self) -> None:
+        self.timing = False
 
     def write(self, item: EmittedFrame) -> None:
         tally = self.tally
@@ -168,9 +183,11 @@ class _OutputTap:
             tally.new += 1
             tally.recent.append(now)
             tally.last_latency_ms = latency
-            if tally.first_new_t is None:
-                tally.first_new_t = record.t
-            tally.last_new_t = record.t
+            if self.timing:
+                tally.rated += 1
+                if tally.first_new_t is None:
+                    tally.first_new_t = record.t
+                tally.last_new_t = record.t
             if latency is not None:
                 tally.latencies.append(latency)
         if self.metrics is not None:
@@ -240,14 +257,20 @@ class Session:
         return self._engine
 
     def status(self) -> StreamStatus:
-        """Output fps over the recent new frames, the newest latency, the prompt."""
+        """Output fps over the recent new frames, the newest latency, the prompt; fps 0
+        while paused or stalled (see `metrics.stream_status`)."""
         engine, tap = self._engine, self._tap
-        prompt = prompt_mix(engine.controls if engine else self.plan.controls).describe()
+        controls = engine.controls if engine else self.plan.controls
+        prompt = prompt_mix(controls).describe()
         if tap is None:
             return StreamStatus(0.0, None, prompt)
-        recent = list(tap.tally.recent)
-        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 2 else 0.0
-        return StreamStatus(fps, tap.tally.last_latency_ms, prompt)
+        return stream_status(
+            list(tap.tally.recent),
+            tap.tally.last_latency_ms,
+            prompt,
+            time.monotonic(),
+            paused=controls.pause,
+        )
 
     def run(self) -> dict:
         plan, controls = self.plan, self.plan.controls
@@ -282,7 +305,7 @@ class Session:
             stack.callback(source.close)
         out = plan.output_size()
         sinks = open_sinks(plan.outputs, out.width, out.height, controls.fps, plan.out_fit)
-        stack.callback(sinks.close)
+        stack.callback(self._close_sinks, sinks)
         if len(sinks):
             how = "" if out == controls.size else f", {plan.out_fit.value} from {controls.size}"
             log.info(
@@ -298,7 +321,9 @@ class Session:
             )
         self._tap = _OutputTap(sinks, metrics, plan.frames, self.stage_times, done)
         self._paced = PacedOutput(self._tap, PacerConfig(fps=controls.fps))
-        stack.enter_context(self._paced)  # closed before the sinks: no write after their close
+        # Closed before the sinks (draining its buffer into them on a clean end).
+        stack.enter_context(self._paced)
+        stack.callback(self._tap.end_timing)  # the engine has stopped; the drain comes next
         self._engine = Engine(controls, models, self._paced, source, self.stage_times)
         stack.enter_context(self._engine)
         if plan.osc is not None:
@@ -306,6 +331,17 @@ class Session:
             if self.osc is not None:
                 stack.callback(self.osc.stop)
         self._wait(done)
+
+    def _close_sinks(self, sinks: SinkSet) -> None:
+        """Close the outputs, unless the pacer's thread is still inside a write to them."""
+        if self._paced is not None and self._paced.alive:
+            log.warning(
+                "An output is still busy writing a frame after %.0f s, so the outputs are "
+                "left open (a recording may be unfinished).",
+                CLOSE_TIMEOUT_S,
+            )
+            return
+        sinks.close()
 
     def _start_osc(self, config: OscConfig) -> OscServer | None:
         assert self._engine is not None
@@ -356,6 +392,7 @@ class Session:
             tally.last_new_t - (tally.first_new_t or 0.0),
             tally.latencies,
             output_frames=tally.written,
+            rated_frames=tally.rated,
             dropped=state.dropped,
             repeated=tally.repeated,
             extra={

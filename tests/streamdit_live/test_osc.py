@@ -256,6 +256,19 @@ def test_a_busy_port_is_one_sentence(server, recorder):
         OscServer(OscConfig(port=server.address[1]), recorder, load_preset).start()
 
 
+def test_a_failed_start_leaks_no_file_descriptors(server, recorder):
+    """Each failed start used to leave the wake-up socket pair open: two descriptors."""
+    import os
+
+    before = len(os.listdir("/proc/self/fd"))
+    busy = OscServer(OscConfig(port=server.address[1]), recorder, load_preset)
+    for _ in range(3):
+        with pytest.raises(OSError):
+            busy.start()
+    # Counted while `busy` is still referenced: garbage collection would hide a leak.
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_parse_host_port():
     assert parse_host_port("192.168.1.5:9001") == ("192.168.1.5", 9001)
     for bad in ("nohost", ":9000", "host:port", "host:70000"):

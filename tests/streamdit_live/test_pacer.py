@@ -10,6 +10,7 @@ from streamdit_live.pacer import (
     PacerConfig,
     PacerEvent,
     buffered_seconds,
+    drain,
     flush,
     new_pacer,
     next_wakeup,
@@ -197,3 +198,62 @@ def test_paced_bursts_into_a_real_recording(tmp_path):
         count += 1
     cap.release()
     assert written >= 20 and count == written  # every paced tick reached the file
+
+
+def test_drain_takes_every_buffered_frame_at_once():
+    state = push(new_pacer(PacerConfig(fps=FPS)), [1, 2, 3, 4, 5], 0.0)
+    state, frame, _ = pull(state, 0.0)
+    assert frame == 1
+    state, rest = drain(state)  # no tick is due: the drain does not wait for one
+    assert rest == (2, 3, 4, 5)
+    assert (state.depth, state.last, state.emitted, state.dropped) == (0, 5, 5, 0)
+    assert drain(state) == (state, ())
+
+
+def stopped_clock() -> float:
+    """A clock that never moves: after the first tick no other one is ever due."""
+    return 0.0
+
+
+def test_a_clean_close_writes_the_buffered_frames_without_waiting_for_ticks():
+    """A timed stop or Ctrl-C used to drop what was still buffered (2 frames plus a chunk),
+    so recordings lost their last fraction of a second."""
+    recorder = Recorder(want=10)
+    out = PacedOutput(recorder, PacerConfig(fps=0.001), clock=stopped_clock)  # 1000 s ticks
+    with out:
+        out.push(list(range(10)))
+    assert recorder.frames == list(range(10))
+    assert out.state.depth == 0 and not out.alive
+
+
+def test_leaving_on_an_error_does_not_drain():
+    recorder = Recorder(want=10)
+    out = PacedOutput(recorder, PacerConfig(fps=0.001), clock=stopped_clock)
+    with pytest.raises(RuntimeError), out:
+        out.push(list(range(10)))
+        raise RuntimeError("the engine stopped")
+    assert len(recorder.frames) <= 1  # at most the first tick's frame
+    assert out.state.depth >= 9
+
+
+class BlockingWriter:
+    """A writer that stays inside `write` until the test releases it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, frame: object) -> None:
+        self.entered.set()
+        assert self.release.wait(5.0), "the test never released the writer"
+
+
+def test_close_says_so_while_a_write_is_still_in_progress():
+    """close() used to return after 2 s even mid-write, and the sinks were closed under it."""
+    writer = BlockingWriter()
+    out = PacedOutput(writer, PacerConfig(fps=FPS, target_depth=1)).start()
+    out.push([1])
+    assert writer.entered.wait(5.0), "the paced output never wrote"
+    assert out.close(timeout=0.01) is False and out.alive  # still inside the write
+    writer.release.set()
+    assert out.close() is True and not out.alive

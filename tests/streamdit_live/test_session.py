@@ -79,3 +79,93 @@ def test_a_source_that_never_delivers_is_named_not_blamed_on_the_model(monkeypat
             run.run()
     finally:
         torch.set_num_threads(threads)
+
+
+def make_tap(limit=None):
+    import threading
+
+    from streamdit_live import session
+    from streamdit_live.metrics import StageTimes
+    from streamdit_live.sinks import SinkSet
+
+    return session._OutputTap(SinkSet(), None, limit, StageTimes(), threading.Event())
+
+
+@pytest.mark.parametrize(("limit", "written"), [(None, 8), (5, 5), (1, 1)])
+def test_a_clean_stop_writes_the_buffered_frames_and_keeps_the_frame_limit(limit, written):
+    """What the pacer still holds at a clean stop reaches the outputs, yet --frames N still
+    writes exactly N frames."""
+    from streamdit_live.controls import Mode
+    from streamdit_live.engine import EmittedFrame
+    from streamdit_live.pacer import PacedOutput, PacerConfig
+
+    tap = make_tap(limit)
+    frame = np.zeros((2, 2, 3), np.uint8)
+    items = [EmittedFrame(frame, None, "p", Mode.TEXT, 0.5, 1) for _ in range(8)]
+    # A clock that never moves: only the first tick is ever due; the rest is the drain.
+    with PacedOutput(tap, PacerConfig(fps=0.001), clock=lambda: 0.0) as paced:
+        paced.push(items)
+    assert (tap.tally.written, tap.tally.new) == (written, written)
+    assert tap.done.is_set() == (limit is not None)
+
+
+def test_outputs_still_being_written_are_left_open_with_a_warning(caplog):
+    from streamdit_live.presets import PresetLibrary
+    from streamdit_live.session import Session
+
+    class Paced:
+        alive = True
+
+    class Sinks:
+        closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    run, sinks = Session(plan(), PresetLibrary([])), Sinks()
+    run._paced = Paced()
+    run._close_sinks(sinks)
+    assert sinks.closed == 0 and "left open" in caplog.text
+    Paced.alive = False
+    run._close_sinks(sinks)
+    assert sinks.closed == 1
+
+
+def test_status_reads_zero_fps_while_stalled_or_paused():
+    """The OSC feedback used to keep the last fps and latency while nothing came out."""
+    import time
+
+    from streamdit_live.presets import PresetLibrary
+    from streamdit_live.session import Session
+
+    def status(controls, newest_age):
+        run = Session(plan(controls=controls), PresetLibrary([]))
+        run._tap = make_tap()
+        now = time.monotonic()
+        run._tap.tally.recent.extend(now - newest_age - (9 - i) / 24 for i in range(10))
+        run._tap.tally.last_latency_ms = 100.0
+        return run.status()
+
+    flowing = status(Controls(), 0.0)
+    assert flowing.fps == pytest.approx(24.0) and flowing.latency_ms == 100.0
+    stalled = status(Controls(), 10.0)
+    assert stalled.fps == 0.0 and stalled.latency_ms >= 10_100.0
+    assert status(Controls().replace({"pause": True}), 0.0).fps == 0.0
+
+
+def test_the_final_drain_does_not_inflate_the_measured_rate():
+    """The drain writes its frames all at once: counted as frames, not towards the fps."""
+    from streamdit_live.controls import Mode
+    from streamdit_live.engine import EmittedFrame
+
+    tap = make_tap()
+    frame = np.zeros((2, 2, 3), np.uint8)
+    items = [EmittedFrame(frame, None, "p", Mode.TEXT, 0.5, 1) for _ in range(5)]
+    for item in items[:3]:
+        tap.write(item)
+    span = tap.tally.last_new_t
+    tap.end_timing()
+    for item in items[3:]:
+        tap.write(item)
+    tally = tap.tally
+    assert (tally.written, tally.new, tally.rated, tally.last_new_t) == (5, 5, 3, span)
