@@ -19,7 +19,6 @@ C channels, H/W height/width, tc temporal factor, s spatial factor, kt temporal 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from model.config import ConfigDict
+
 _TEMPORAL_FACTORS = (1, 2, 4)
 _SPATIAL_FACTORS = (4, 8, 16)
 _PATCH = 2  # the stem's space-to-depth; further 2x downsamples reach the spatial factor
@@ -38,7 +39,7 @@ _State = dict[nn.Module, torch.Tensor]  # per-CausalConv cache of a stream
 
 
 @dataclass(frozen=True)
-class AutoencoderConfig:
+class AutoencoderConfig(ConfigDict):
     """Everything that fixes the shapes of a `VideoAutoencoder`.
 
     Level i runs at resolution H / 2**(i+1) with `min(channels * 2**i, max_channels)`
@@ -81,22 +82,6 @@ class AutoencoderConfig:
     @property
     def widths(self) -> tuple[int, ...]:
         return tuple(min(self.channels * 2**i, self.max_channels) for i in range(self.levels))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AutoencoderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown AutoencoderConfig keys {unknown}; known keys: {sorted(known)}"
-            )
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> AutoencoderConfig:
-        return dataclasses.replace(self, **changes)
 
 
 AE_CONFIGS: dict[str, AutoencoderConfig] = {

@@ -8,11 +8,32 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+C = TypeVar("C", bound="ConfigDict")
+
+
+class ConfigDict:
+    """Dict round trip (for checkpoint metadata) and `replace` for frozen config dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
+        # JSON turns tuples into lists; restore them so configs compare equal.
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
-class StreamDiTConfig:
+class StreamDiTConfig(ConfigDict):
     """Everything that fixes the shapes of a StreamDiT network.
 
     `window` is in *tokens* (after patching), per (F, H, W). A window larger than the token
@@ -67,22 +88,6 @@ class StreamDiTConfig:
     @property
     def mlp_dim(self) -> int:
         return int(self.dim * self.mlp_ratio)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StreamDiTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown StreamDiTConfig keys {unknown}; known keys: {sorted(known)}")
-        # JSON turns tuples into lists; restore them so configs compare equal.
-        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**fixed)
-
-    def replace(self, **changes: Any) -> StreamDiTConfig:
-        return dataclasses.replace(self, **changes)
 
 
 CONFIGS: dict[str, StreamDiTConfig] = {
