@@ -1,7 +1,17 @@
-"""StreamDiT model core: pure PyTorch (no Qt, no cameras, no sockets)."""
+"""StreamDiT model core: pure PyTorch (no Qt, no cameras, no sockets).
+
+Bundles (a DiT with its autoencoder and text encoder) live in `model.bundle`, imported from
+there: it is also a command (`python -m model.bundle`), which must not be imported here.
+"""
 
 from model.autoencoder import AE_CONFIGS, AutoencoderConfig, VideoAutoencoder
-from model.checkpoint import CheckpointError, load_checkpoint, load_streamdit, save_checkpoint
+from model.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_streamdit,
+    save_checkpoint,
+    state_digest,
+)
 from model.config import CONFIGS, StreamDiTConfig
 from model.dit import StreamDiT
 from model.partition import PartitionScheme
@@ -27,4 +37,5 @@ __all__ = [
     "load_checkpoint",
     "load_streamdit",
     "save_checkpoint",
+    "state_digest",
 ]

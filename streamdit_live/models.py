@@ -1,12 +1,19 @@
 """The models a stream runs on: the DiT, its autoencoder and text encoder, on one device.
 
-Loading (random weights or `--weights` checkpoints), the device choice and the CPU thread
+Loading (random weights or a `--weights` bundle), the device choice and the CPU thread
 count: everything the engine needs before its first step, kept apart from the stepping.
+
+`--weights` takes a model bundle (model/bundle.py, docs/BUNDLES.md), a folder holding one,
+or a trained DiT and its autoencoder as two checkpoints whose recorded digest matches. Any
+other mix is refused with one sentence before a tensor is read: a DiT alone, an autoencoder
+alone, parts whose digests differ, a text encoder other than the one the DiT was trained
+with (the training stub included), a `--model` asked for that the weights are not, a frame
+size the model was neither trained nor evaluated at, an empty folder.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +27,23 @@ from model import (
     TextEncoder,
     TextEncoderProtocol,
     VideoAutoencoder,
-    load_streamdit,
+)
+from model.bundle import (
+    BUNDLE_KIND,
+    Bundle,
+    BundleError,
+    BundleInfo,
+    format_size,
+    load_bundle,
+    load_pair,
+    minilm_id,
+    pair_info,
+    read_bundle_info,
+    text_encoder_id,
 )
 from model.checkpoint import CheckpointError, read_metadata
+from model.dit import inference_dtype
+from streamdit_live.controls import Size
 
 
 @dataclass
@@ -32,10 +53,22 @@ class Models:
     text: TextEncoderProtocol
     device: torch.device
     trained: bool  # False: random weights, the output is noise-like
+    name: str = ""  # the model size: a CONFIGS name, or "custom" for a bundle's own config
+    bundle: BundleInfo | None = None  # what the weights say about themselves; None: random
 
     @property
     def config(self) -> StreamDiTConfig:
         return self.dit.cfg
+
+    @property
+    def sizes(self) -> tuple[Size, ...]:
+        """The frame sizes the weights may run at; empty for random weights (any size)."""
+        return tuple(Size(w, h) for w, h in self.bundle.sizes) if self.bundle else ()
+
+    @property
+    def default_size(self) -> Size | None:
+        """The size to run at when the user asked for none; None for random weights."""
+        return self.sizes[0] if self.sizes else None
 
 
 def cpu_threads(requested: int | None, cores: int | None) -> int:
@@ -66,11 +99,111 @@ def pick_device(requested: str | None) -> torch.device:
     return device
 
 
+def pick_dtype(device: torch.device, config: StreamDiTConfig) -> torch.dtype:
+    """The dtype the DiT runs in: bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16 or
+    AMX) for models wide enough to gain (`cpu`: 2.3x faster); else fp32 (`tiny` is
+    overhead-bound). The stream buffer and the autoencoder stay fp32 either way."""
+    return inference_dtype(device, config)
+
+
 def _weight_files(paths: Sequence[Path]) -> list[Path]:
+    """The .safetensors files named by `--weights` (files or folders), each once."""
     files: list[Path] = []
     for path in paths:
-        files += sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+        if path.is_dir():
+            found = sorted(path.glob("*.safetensors"))
+            if not found:
+                raise CheckpointError(
+                    f"--weights folder {path} holds no .safetensors file; point --weights at a "
+                    "model bundle, or leave it out to run random weights."
+                )
+        else:
+            found = [path]  # a missing file gets read_metadata's sentence
+        files += [f for f in found if f.resolve() not in {g.resolve() for g in files}]
     return files
+
+
+def _plan(files: Sequence[Path]) -> tuple[BundleInfo, Path, Callable[[torch.device], Bundle]]:
+    """What the files hold together, checked from their headers alone, and how to load it."""
+    kinds: dict[str, list[Path]] = {}
+    for path in files:
+        kind = read_metadata(path).get("kind", "")
+        if kind not in (BUNDLE_KIND, "streamdit", "autoencoder"):
+            raise CheckpointError(
+                f"{path} holds a {kind!r} checkpoint; --weights takes a model bundle (see "
+                "docs/BUNDLES.md)."
+            )
+        kinds.setdefault(kind, []).append(path)
+    bundles, dits, aes = (kinds.get(k, []) for k in (BUNDLE_KIND, "streamdit", "autoencoder"))
+    if bundles:
+        if len(files) > 1:
+            others = ", ".join(str(p) for p in files if p != bundles[0])
+            raise BundleError(
+                f"{bundles[0]} is a whole model bundle but --weights also names {others}; give "
+                "the bundle alone."
+            )
+        path = bundles[0]
+        return read_bundle_info(path), path, lambda device: load_bundle(path, device)
+    if len(dits) > 1 or len(aes) > 1:
+        many = dits if len(dits) > 1 else aes
+        raise BundleError(
+            f"--weights names {len(many)} {read_metadata(many[0]).get('kind')} checkpoints "
+            f"({', '.join(map(str, many))}); give one model bundle."
+        )
+    if not aes:
+        raise BundleError(
+            f"the DiT {dits[0]} comes without the autoencoder it was trained with; give its "
+            "bundle (`python -m model.bundle pack` makes one)."
+        )
+    if not dits:
+        raise BundleError(
+            f"{aes[0]} is an autoencoder alone, which cannot make video without its DiT; give "
+            "the model bundle that holds both."
+        )
+    dit, ae = dits[0], aes[0]
+    return pair_info(dit, ae), dit, lambda device: load_pair(dit, ae, device)
+
+
+def _check_text(info: BundleInfo, path: Path, text: TextEncoderProtocol | None) -> None:
+    want = info.text_encoder
+    if want.is_stub:
+        raise BundleError(
+            f"{path} was trained with the hash text stub (training/textstub.py), which is for "
+            'tests only and cannot follow prompts; retrain it with text.encoder = "minilm".'
+        )
+    have = minilm_id() if text is None else text_encoder_id(text)
+    if have is None:
+        raise BundleError(
+            f"{path} was trained with the text encoder {want} but the one given does not say "
+            "what it is; use model.text.TextEncoder."
+        )
+    if have.name != want.name:
+        raise BundleError(
+            f"{path} was trained with the text encoder {want.name} but this app encodes prompts "
+            f"with {have.name}; use weights trained with {have.name}."
+        )
+    if have.version != want.version:
+        installed = str(have) if have.version else f"no {have.name}"
+        raise BundleError(
+            f"{path} was trained with {want} but {installed} is installed; run "
+            f"`pip install {want.name}=={want.version}`."
+        )
+
+
+def _check_model(info: BundleInfo, path: Path, model: str, explicit: bool) -> None:
+    if explicit and info.model != model:
+        raise BundleError(
+            f"--model {model} was asked for but {path} holds the {info.model} model; drop "
+            f"--model or give {model} weights."
+        )
+
+
+def _check_size(info: BundleInfo, path: Path, size: Size | None) -> None:
+    if size is not None and (size.width, size.height) not in info.sizes:
+        raise BundleError(
+            f"{path} was {info.describe_sizes()} but never at {size}; use --size "
+            f"{format_size(info.default_size)} or weights evaluated at {size}."
+        )
 
 
 def build_models(
@@ -78,38 +211,37 @@ def build_models(
     device: torch.device,
     weights: Sequence[Path] = (),
     text: TextEncoderProtocol | None = None,
+    *,
+    explicit_model: bool = False,
+    size: Size | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Models:
-    """The named model with random weights, or with the checkpoints in `weights` (files or
-    folders of .safetensors; each file's metadata says whether it is the DiT or the codec)."""
-    dit: StreamDiT | None = None
-    ae: VideoAutoencoder | None = None
-    for path in _weight_files(weights):
-        kind = read_metadata(path).get("kind")
-        if kind == "streamdit":
-            dit = load_streamdit(path, device)
-        elif kind == "autoencoder":
-            ae = VideoAutoencoder.load(path, device)
-        else:
-            raise CheckpointError(
-                f"{path} holds a {kind!r} checkpoint; --weights takes streamdit or "
-                "autoencoder checkpoints."
-            )
-    trained = dit is not None
-    if dit is None:
+    """The named model with random weights, or the model bundle in `weights`.
+
+    `model` sizes random weights; with weights it is checked only when `explicit_model`
+    (the user typed --model), since presets name a size too. `size` is the frame size the
+    run will use; None skips the check (then run at `Models.default_size`). `dtype` is the
+    DiT's (None: `pick_dtype`). Everything is checked from the files' headers before any
+    weights are allocated.
+    """
+    files = _weight_files(weights)
+    if files:
+        info, path, load = _plan(files)
+        _check_text(info, path, text)
+        _check_model(info, path, model, explicit_model)
+        _check_size(info, path, size)
+        loaded = load(device)
+        dit, ae, name, trained = loaded.dit, loaded.autoencoder, info.model, True
+    else:
+        info, name, trained = None, model, False
         with torch.device(device):
             dit = StreamDiT(CONFIGS[model])
-    if ae is None:
-        with torch.device(device):
             ae = VideoAutoencoder(AE_CONFIGS[model])
-    if ae.cfg.latent_channels != dit.cfg.latent_channels:
-        raise CheckpointError(
-            f"the autoencoder makes {ae.cfg.latent_channels}-channel latents but the DiT takes "
-            f"{dit.cfg.latent_channels}; give matching --weights."
-        )
+    dit = dit.to(dtype or pick_dtype(device, dit.cfg))
     text = text or TextEncoder(max_length=dit.cfg.text_len, device=device)
     if text.dim != dit.cfg.text_dim:
         raise ValueError(
-            f"the text encoder gives {text.dim}-d states but the {model} model takes "
+            f"the text encoder gives {text.dim}-d states but the {name} model takes "
             f"{dit.cfg.text_dim}-d; this model needs its own text encoder."
         )
-    return Models(dit.eval(), ae.eval(), text, device, trained)
+    return Models(dit.eval(), ae.eval(), text, device, trained, name, info)
