@@ -4,6 +4,11 @@ Tokens are laid out (f, h, w) row-major: L = F*H*W for a grid (F, H, W). Every l
 the grid into non-overlapping windows; odd layers first roll the grid by half a window
 (cyclically, as Swin does) and mask pairs of tokens that the roll brought together across
 an edge. A grid that is not a multiple of the window is padded; padded keys are masked.
+
+The fast path never moves the grid itself: `window_layout` applies the pad, roll and cut
+once to the token indices, and each layer cuts its windows with one row gather of the fused
+q/k/v projection (`to_window_order`), runs SDPA with one batch entry per window, and puts
+the tokens back with one more (`to_token_order`).
 """
 
 from __future__ import annotations
@@ -72,50 +77,106 @@ def window_mask(plan: WindowPlan, device: torch.device) -> Tensor | None:
     return mask | torch.eye(plan.window_tokens, dtype=torch.bool, device=device)
 
 
-def to_windows(x: Tensor, plan: WindowPlan) -> Tensor:
-    """(B, L, Nh, Dh) tokens -> (B*nW, Nh, Lw, Dh) windows: pad, roll, cut."""
+@dataclass(frozen=True)
+class WindowLayout:
+    """One layer's windows as row indices, built once per token grid and batch size (model.dit
+    caches them) and shared by every block with that shift.
+
+    Window order lists the padded grid's slots window by window (window-major, Lw slots
+    each), after the roll. `to_window_order` cuts every window of a (B, L, C) tensor in one
+    row gather and `to_token_order` puts them back, instead of pad + roll + two rearranges.
+    """
+
+    plan: WindowPlan
+    gather: Tensor  # (B*nW*Lw,) long: the row of (B*L, C) in each slot (padding: token 0)
+    scatter: Tensor  # (B*L,) long: the row of (B*nW*Lw, C) holding each token
+    mask: Tensor | None  # (B*nW, 1, Lw, Lw) additive (0 / -inf) in the model dtype, or None
+    cos: Tensor  # (nW*Lw, 1, Dh) rotary tables in window order (see `rope_rotation`)
+    sin: Tensor  # (nW*Lw, 1, Dh), the pair's sign folded in
+
+
+def window_order(plan: WindowPlan, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(gather (nW*Lw,), valid (nW*Lw,) bool): each window slot's token, pad, roll and cut
+    applied to the token indices (the geometry `window_mask` assumes)."""
     f, h, w = plan.grid
-    x = rearrange(x, "b (f h w) n d -> b f h w n d", f=f, h=h, w=w)
+    index = torch.arange(f * h * w, device=device).view(f, h, w)
+    valid = torch.ones(f, h, w, dtype=torch.bool, device=device)
     pf, ph, pw = (p - g for p, g in zip(plan.padded, plan.grid, strict=True))
-    if pf or ph or pw:
-        x = F.pad(x, (0, 0, 0, 0, 0, pw, 0, ph, 0, pf))
+    index = F.pad(index, (0, pw, 0, ph, 0, pf))  # padding slots point at token 0 ...
+    valid = F.pad(valid, (0, pw, 0, ph, 0, pf))  # ... and are masked as keys
     if any(plan.shift):
-        x = torch.roll(x, shifts=tuple(-s for s in plan.shift), dims=(1, 2, 3))
+        shifts = tuple(-s for s in plan.shift)
+        index, valid = (torch.roll(t, shifts=shifts, dims=(0, 1, 2)) for t in (index, valid))
     wf, wh, ww = plan.window
-    return rearrange(
-        x, "b (nf wf) (nh wh) (nw ww) n d -> (b nf nh nw) n (wf wh ww) d", wf=wf, wh=wh, ww=ww
+    pattern = "(nf wf) (nh wh) (nw ww) -> (nf nh nw wf wh ww)"
+    return (
+        rearrange(index, pattern, wf=wf, wh=wh, ww=ww),
+        rearrange(valid, pattern, wf=wf, wh=wh, ww=ww),
     )
 
 
-def from_windows(x: Tensor, plan: WindowPlan, batch: int) -> Tensor:
-    """Inverse of `to_windows`: (B*nW, Nh, Lw, Dh) -> (B, L, Nh*Dh)."""
-    wf, wh, ww = plan.window
-    fp, hp, wp = plan.padded
-    x = rearrange(
-        x,
-        "(b nf nh nw) n (wf wh ww) d -> b (nf wf) (nh wh) (nw ww) n d",
-        b=batch, nf=fp // wf, nh=hp // wh, wf=wf, wh=wh, ww=ww,
-    )  # fmt: skip
-    if any(plan.shift):
-        x = torch.roll(x, shifts=plan.shift, dims=(1, 2, 3))
-    f, h, w = plan.grid
-    return rearrange(x[:, :f, :h, :w], "b f h w n d -> b (f h w) (n d)")
-
-
-def window_attention(
-    q: Tensor, k: Tensor, v: Tensor, plan: WindowPlan, mask: Tensor | None
-) -> Tensor:
-    """Attention within windows. q, k, v: (B, L, Nh, Dh); mask from `window_mask`.
-
-    Returns (B, L, Nh*Dh). Without a mask SDPA may pick its fused (flash) kernels.
-    """
-    batch = q.shape[0]
-    qw, kw, vw = (to_windows(t, plan) for t in (q, k, v))  # (B*nW, Nh, Lw, Dh)
-    if mask is not None:
-        # (nW, Lw, Lw) -> (B*nW, 1, Lw, Lw); window index varies fastest, as in to_windows.
+def window_layout(
+    plan: WindowPlan, rope: RopeTables, batch: int, dtype: torch.dtype
+) -> WindowLayout:
+    """Row indices, additive mask and rotary tables for `plan` at this batch size and dtype."""
+    device = rope[0].device
+    gather, valid = window_order(plan, device)  # (nW*Lw,) each
+    tokens, slots = math.prod(plan.grid), gather.numel()
+    # Each token's one real slot: sort the slots by token, padding slots last (no boolean
+    # indexing, so it also runs on the meta device that counts FLOPs).
+    scatter = torch.argsort(gather + (~valid) * tokens, stable=True)[:tokens]
+    rows = torch.arange(batch, device=device)[:, None]  # (B, 1): offsets of each sample
+    allowed = window_mask(plan, device)  # (nW, Lw, Lw) bool or None
+    mask = None
+    if allowed is not None:
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+        mask = mask.masked_fill(~allowed, float("-inf"))
+        # (nW, Lw, Lw) -> (B*nW, 1, Lw, Lw); window index varies fastest, as in the slots.
         mask = mask.repeat(batch, 1, 1).unsqueeze(1)
-    out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask)
-    return from_windows(out, plan, batch)
+    cos, sin = (t[gather].to(dtype) for t in rope_rotation(rope))
+    return WindowLayout(
+        plan,
+        gather=(gather + rows * tokens).flatten(),
+        scatter=(scatter + rows * slots).flatten(),
+        mask=mask,
+        cos=cos,
+        sin=sin,
+    )
+
+
+def to_window_order(x: Tensor, layout: WindowLayout) -> Tensor:
+    """(B, L, C) tokens -> (B, nW*Lw, C) window slots: one row gather (a copy)."""
+    b, _, c = x.shape
+    return x.reshape(-1, c).index_select(0, layout.gather).view(b, -1, c)
+
+
+def to_token_order(x: Tensor, layout: WindowLayout) -> Tensor:
+    """(B, nW*Lw, C) window slots -> (B, L, C) tokens, padding slots dropped."""
+    b, _, c = x.shape
+    return x.reshape(-1, c).index_select(0, layout.scatter).view(b, -1, c)
+
+
+def window_attention(q: Tensor, k: Tensor, v: Tensor, layout: WindowLayout) -> Tensor:
+    """Attention within windows on q, k, v (B, nW*Lw, Nh, Dh) already in window order.
+
+    Returns (B, nW*Lw, Nh*Dh), still in window order. The inputs may be strided views (slices
+    of a fused qkv projection); each window is one SDPA batch entry, so no (L, L) mask is ever
+    built, and unmasked layers take SDPA's fused kernel without any mask.
+    """
+    b, slots, nh, dh = q.shape
+    nw, lw = layout.plan.num_windows, layout.plan.window_tokens
+
+    def windows(t: Tensor) -> Tensor:  # (B, nW*Lw, Nh, Dh) -> (B*nW, Nh, Lw, Dh), a view
+        return t.reshape(b * nw, lw, nh, dh).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(windows(q), windows(k), windows(v), attn_mask=layout.mask)
+    return out.transpose(1, 2).reshape(b, slots, nh * dh)  # (B*nW, Nh, Lw, Dh) -> (B, nW*Lw, D)
+
+
+def attend_windows(q: Tensor, k: Tensor, v: Tensor, layout: WindowLayout) -> Tensor:
+    """Window attention on q, k, v (B, L, Nh, Dh) in token order -> (B, L, Nh*Dh)."""
+    q, k, v = (to_window_order(t.flatten(2), layout).unflatten(-1, t.shape[2:]) for t in (q, k, v))
+    return to_token_order(window_attention(q, k, v, layout), layout)
 
 
 # --- 3D rotary position embedding --------------------------------------------------------
@@ -147,10 +208,22 @@ def rope_tables(grid: Grid, head_dim: int, theta: float, device: torch.device) -
     return angles.cos().float(), angles.sin().float()
 
 
+def rope_rotation(rope: RopeTables) -> tuple[Tensor, Tensor]:
+    """(cos, sin) (L, Dh/2) -> (L, 1, Dh) each, repeated per channel pair, with the pair's
+    sign folded into sin, so that `rotate` is two multiplies and an add."""
+    cos, sin = rope
+    cos = cos.repeat_interleave(2, dim=-1)  # (L, Dh): c0 c0 c1 c1 ...
+    sin = torch.stack((-sin, sin), dim=-1).flatten(-2)  # (L, Dh): -s0 s0 -s1 s1 ...
+    return cos[:, None, :], sin[:, None, :]
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the channel pairs (a, b) of x (B, L, Nh, Dh) to (a c - b s, b c + a s), in x's
+    dtype; cos and sin (L, 1, Dh) from `rope_rotation`."""
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (b0, a0, b1, a1, ...)
+    return torch.addcmul(x * cos, swapped, sin)
+
+
 def apply_rope(x: Tensor, rope: RopeTables) -> Tensor:
-    """Rotate channel pairs of x (B, L, Nh, Dh) by the token's angles."""
-    cos, sin = (t[None, :, None, :] for t in rope)  # (1, L, 1, Dh/2)
-    x2 = rearrange(x.float(), "b l n (d two) -> b l n d two", two=2)
-    a, b = x2[..., 0], x2[..., 1]
-    out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
-    return rearrange(out, "b l n d two -> b l n (d two)").type_as(x)
+    """Rotate channel pairs of x (B, L, Nh, Dh) by the token's angles, in float32."""
+    return rotate(x.float(), *rope_rotation(rope)).type_as(x)

@@ -9,29 +9,35 @@ so that public pretrained weights map onto them by name.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from model.attention import (
-    RopeTables,
-    WindowPlan,
-    apply_rope,
+    WindowLayout,
     plan_windows,
     rope_tables,
+    rotate,
+    to_token_order,
+    to_window_order,
     window_attention,
-    window_mask,
+    window_layout,
 )
 from model.config import StreamDiTConfig
 
-Windows = tuple[WindowPlan, Tensor | None]
-
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """x (B, F, L/F, D) with per-frame shift/scale (B, F, 1, D)."""
-    return x * (1 + scale) + shift
+    """x (B, F, L/F, D) with per-frame shift/scale (B, F, 1, D): x * (1 + scale) + shift."""
+    return torch.addcmul(shift, x, 1 + scale)
+
+
+def per_frame(x: Tensor, frames: int) -> Tensor:
+    """(B, L, D) -> (B, F, L/F, D), a view: each frame's tokens are contiguous."""
+    return x.unflatten(1, (frames, -1))
 
 
 def timestep_features(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -42,8 +48,79 @@ def timestep_features(t: Tensor, dim: int, max_period: float = 10000.0) -> Tenso
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def fast_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), so bf16 beats fp32.
+
+    Without either, torch emulates bf16 matmuls and fp32 is faster. (The checks are
+    torch.cpu's; a torch that lacks them answers False.)
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+# Below this width a CPU call is overhead-bound and bf16 only adds casts: on an AMX CPU
+# `tiny` (width 64) runs no faster in bf16 (3.1 vs 2.9 ms), `cpu` (width 256) 2.3x faster.
+BF16_CPU_MIN_DIM = 256
+
+
+def inference_dtype(device: torch.device, cfg: StreamDiTConfig | None = None) -> torch.dtype:
+    """The dtype StreamDiT runs in on `device`: bf16 on CUDA GPUs, and on CPUs with native bf16
+    for models at least `BF16_CPU_MIN_DIM` wide (docs/PERFORMANCE.md); else fp32. The stream
+    buffer stays fp32 either way (model.stream)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    wide = cfg is None or cfg.dim >= BF16_CPU_MIN_DIM
+    if device.type == "cpu" and wide and fast_bf16_cpu():
+        return torch.bfloat16
+    return torch.float32
+
+
+@functools.cache
+def _onednn_linear() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor, gelu: bool = False) -> Tensor:
+    """F.linear(x, weight, bias), then GELU (tanh approximation) when `gelu`.
+
+    CPU inference takes oneDNN's linear with the bias and GELU fused into the matmul (the op
+    inductor uses). In bf16 on AVX-512/AMX it is ~20% faster than F.linear, which first
+    copies the broadcast bias into the output, and torch's tanh GELU alone costs ~4x the
+    matmul it follows. Training (autograd) and other devices take the plain ops.
+    """
+    if (
+        x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and _onednn_linear()
+        and not torch.compiler.is_compiling()  # inductor fuses (and packs) on its own
+    ):
+        attr, algorithm = ("gelu", "tanh") if gelu else ("none", "")
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, attr, [], algorithm)
+    out = F.linear(x, weight, bias)
+    return F.gelu(out, approximate="tanh") if gelu else out
+
+
+def qk_norm(x: Tensor, norm: nn.Module) -> Tensor:
+    """RMSNorm over the last dim of x (any strides), its statistics in float32.
+
+    `nn.RMSNorm` on bf16 CPU tensors runs unfused (about 3x slower than this) and this also
+    accepts the strided q/k slices of a fused projection without a copy first.
+    """
+    if not isinstance(norm, nn.RMSNorm):
+        return norm(x)
+    sq = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square()
+    eps = torch.finfo(x.dtype).eps if norm.eps is None else norm.eps  # nn.RMSNorm's default
+    inv = torch.rsqrt(sq / x.shape[-1] + eps)  # (..., 1) float32
+    return (x * inv.to(x.dtype)).mul_(norm.weight)
+
+
 class Attention(nn.Module):
-    """Multi-head attention projections with optional RMSNorm on queries and keys."""
+    """Multi-head attention projections with optional RMSNorm on queries and keys.
+
+    q, k, v and o stay separate Linear layers (the public checkpoints' names); the forward
+    concatenates their weights so one matmul projects all that read the same input.
+    """
 
     def __init__(self, dim: int, heads: int, qk_norm: bool):
         super().__init__()
@@ -52,27 +129,38 @@ class Attention(nn.Module):
         self.norm_q = nn.RMSNorm(dim, eps=1e-6) if qk_norm else nn.Identity()
         self.norm_k = nn.RMSNorm(dim, eps=1e-6) if qk_norm else nn.Identity()
 
-    def project(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q from x (B, L, D), k and v from context (B, Lc, D); each (B, L|Lc, Nh, Dh)."""
-        split = "b l (n d) -> b l n d"
-        q = rearrange(self.norm_q(self.q(x)), split, n=self.heads)
-        k = rearrange(self.norm_k(self.k(context)), split, n=self.heads)
-        return q, k, rearrange(self.v(context), split, n=self.heads)
+    def fused(self, x: Tensor, *layers: nn.Linear) -> Tensor:
+        """x (B, L, D) through n `layers` in one matmul -> (B, L, n*D), the layers in order."""
+        weight = torch.cat([m.weight for m in layers])  # (n*D, D)
+        return linear(x, weight, torch.cat([m.bias for m in layers]))
 
 
 class SelfAttention(Attention):
-    def forward(self, x: Tensor, windows: Windows, rope: RopeTables) -> Tensor:
-        q, k, v = self.project(x, x)
-        return self.o(window_attention(apply_rope(q, rope), apply_rope(k, rope), v, *windows))
+    def forward(self, x: Tensor, layout: WindowLayout) -> Tensor:
+        """x (B, L, D) -> (B, L, D): attention within the windows of `layout`."""
+        b, d = x.shape[0], x.shape[-1]
+        # Into window order once, for q, k and v together: (B, L, 3D) -> (B, nW*Lw, 3D).
+        qkv = to_window_order(self.fused(x, self.q, self.k, self.v), layout)
+        q, k, v = qkv.chunk(3, dim=-1)
+        heads = (b, -1, self.heads, d // self.heads)  # (B, nW*Lw, D) -> (B, nW*Lw, Nh, Dh)
+        q = rotate(qk_norm(q, self.norm_q).view(heads), layout.cos, layout.sin)
+        k = rotate(qk_norm(k, self.norm_k).view(heads), layout.cos, layout.sin)
+        out = window_attention(q, k, v.unflatten(-1, heads[2:]), layout)  # (B, nW*Lw, D)
+        return linear(to_token_order(out, layout), self.o.weight, self.o.bias)
 
 
 class CrossAttention(Attention):
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
-        heads_first = "b l n d -> b n l d"  # (B, L, Nh, Dh) -> (B, Nh, L, Dh) for SDPA
-        q, k, v = (rearrange(t, heads_first) for t in self.project(x, context))
-        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, Lc)
-        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.o(rearrange(out, "b n l d -> b l (n d)"))
+        """x (B, L, D), context (B, Lc, D), mask (B, 1, 1, Lc) additive or None -> (B, L, D)."""
+        b, d = x.shape[0], x.shape[-1]
+        heads = (b, -1, self.heads, d // self.heads)  # (B, L, D) -> (B, L, Nh, Dh)
+        q = qk_norm(linear(x, self.q.weight, self.q.bias), self.norm_q)
+        q = q.view(heads).transpose(1, 2)  # (B, Nh, L, Dh)
+        k, v = self.fused(context, self.k, self.v).chunk(2, dim=-1)  # (B, Lc, D) each
+        k = qk_norm(k, self.norm_k).view(heads).transpose(1, 2)  # (B, Nh, Lc, Dh)
+        v = v.unflatten(-1, heads[2:]).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, Nh, L, Dh)
+        return linear(out.transpose(1, 2).reshape(b, -1, d), self.o.weight, self.o.bias)
 
 
 class Block(nn.Module):
@@ -102,29 +190,27 @@ class Block(nn.Module):
         x: Tensor,  # (B, L, D), L = F*H*W
         emb: Tensor,  # (B, F, D) per-frame time embedding, or (B, F, 6, D) shared projection
         context: Tensor,
-        context_mask: Tensor | None,
-        windows: tuple[Windows, Windows],
-        rope: RopeTables,
+        context_mask: Tensor | None,  # (B, 1, 1, Lc) additive, or None
+        layouts: tuple[WindowLayout, WindowLayout],  # unshifted, shifted
     ) -> Tensor:
         if self.single:
-            mod = emb + self.modulation  # (B, F, 6, D)
+            mod = emb + self.modulation.to(emb.dtype)  # (B, F, 6, D)
         else:
-            mod = rearrange(self.adaLN_modulation(emb), "b f (six d) -> b f six d", six=6)
+            mod = self.adaLN_modulation(emb).unflatten(-1, (6, -1))  # (B, F, 6*D) -> (B, F, 6, D)
         # (B, F, 6, D) -> six tensors (B, F, 1, D): each frame's tokens get its own values.
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unsqueeze(2).unbind(dim=3)
         frames = mod.shape[1]
-        per_frame = "b (f n) d -> b f n d"  # (B, L, D) -> (B, F, L/F, D)
-        flat = "b f n d -> b (f n) d"
 
-        h = modulate(rearrange(self.norm1(x), per_frame, f=frames), shift1, scale1)
-        h = self.self_attn(rearrange(h, flat), windows[self.shifted], rope)
-        x = x + rearrange(gate1 * rearrange(h, per_frame, f=frames), flat)
+        h = modulate(per_frame(self.norm1(x), frames), shift1, scale1).flatten(1, 2)
+        h = self.self_attn(h, layouts[self.shifted])
+        x = torch.addcmul(per_frame(x, frames), gate1, per_frame(h, frames)).flatten(1, 2)
 
         x = x + self.cross_attn(self.norm3(x), context, context_mask)
 
-        h = modulate(rearrange(self.norm2(x), per_frame, f=frames), shift2, scale2)
-        h = self.ffn(rearrange(h, flat))
-        return x + rearrange(gate2 * rearrange(h, per_frame, f=frames), flat)
+        h = modulate(per_frame(self.norm2(x), frames), shift2, scale2).flatten(1, 2)
+        up, down = self.ffn[0], self.ffn[2]  # the ffn's GELU (tanh) is fused into `up`
+        h = linear(linear(h, up.weight, up.bias, gelu=True), down.weight, down.bias)
+        return torch.addcmul(per_frame(x, frames), gate2, per_frame(h, frames)).flatten(1, 2)
 
 
 class Head(nn.Module):
@@ -138,8 +224,28 @@ class Head(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         shift, scale = self.modulation(emb).unsqueeze(2).chunk(2, dim=-1)  # (B, F, 1, D) each
-        h = modulate(rearrange(self.norm(x), "b (f n) d -> b f n d", f=emb.shape[1]), shift, scale)
-        return self.head(rearrange(h, "b f n d -> b (f n) d"))
+        h = modulate(per_frame(self.norm(x), emb.shape[1]), shift, scale)  # (B, F, L/F, D)
+        return self.head(h.flatten(1, 2))
+
+
+@functools.lru_cache(maxsize=8)  # a few grids x batch sizes (1, 2 with guidance)
+def window_layouts(
+    grid: tuple[int, int, int],
+    window: tuple[int, int, int],
+    head_dim: int,
+    theta: float,
+    batch: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    inference: bool,  # inference tensors cannot enter autograd: cached apart
+) -> tuple[WindowLayout, WindowLayout]:
+    """The unshifted and shifted layouts of a token grid, built once per shape and reused by
+    every call (constants: nothing in them depends on the weights or the input)."""
+    rope = rope_tables(grid, head_dim, theta, device)
+    return tuple(
+        window_layout(plan_windows(grid, window, shifted=s), rope, batch, dtype)
+        for s in (False, True)
+    )
 
 
 class StreamDiT(nn.Module):
@@ -210,27 +316,37 @@ class StreamDiT(nn.Module):
         if text.ndim != 3 or text.shape[0] != b or text.shape[2] != cfg.text_dim:
             raise ValueError(f"text must be ({b}, Lt, {cfg.text_dim}), got {tuple(text.shape)}")
 
-        tokens = rearrange(self.patch_embedding(x), "b d f h w -> b (f h w) d")  # (B, L, D)
+        # The patch embedding is a strided Conv3d; as a matmul over gathered patches it is the
+        # same sum without oneDNN's convolution setup. (B, C, F, H, W) -> (B, L, C*pt*ph*pw).
+        pt, ph, pw = cfg.patch_size
+        patches = rearrange(
+            x, "b c (f pt) (h ph) (w pw) -> b (f h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw
+        )
+        conv = self.patch_embedding
+        tokens = F.linear(patches, conv.weight.flatten(1), conv.bias)  # (B, L, D)
         # Frames sharing a temporal patch share a token frame: average their times.
-        t_tok = rearrange(t, "b (f pt) -> b f pt", pt=cfg.patch_size[0]).mean(-1)  # (B, Ft)
+        t_tok = rearrange(t, "b (f pt) -> b f pt", pt=pt).mean(-1)  # (B, Ft)
         emb = self.time_embedding(timestep_features(t_tok, cfg.freq_dim).to(x.dtype))  # (B,Ft,D)
         block_emb = emb
         if cfg.adaln_single:
-            block_emb = rearrange(self.time_projection(emb), "b f (six d) -> b f six d", six=6)
+            block_emb = self.time_projection(emb).unflatten(-1, (6, -1))  # (B, Ft, 6, D)
 
         context = self.text_embedding(text.to(x.dtype))  # (B, Lt, D)
+        context_mask = None
         if text_mask is not None:
             # A row without any real token (should not happen) attends to all, not to nothing.
-            text_mask = text_mask.bool() | ~text_mask.bool().any(dim=-1, keepdim=True)
+            keep = text_mask.bool() | ~text_mask.bool().any(dim=-1, keepdim=True)  # (B, Lt)
+            context_mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device)
+            context_mask = context_mask.masked_fill(~keep, float("-inf"))[:, None, None, :]
 
-        plans = [plan_windows(grid, cfg.window, shifted=s) for s in (False, True)]
-        windows = tuple((p, window_mask(p, x.device)) for p in plans)
-        rope = rope_tables(grid, cfg.head_dim, cfg.rope_theta, x.device)
+        layouts = window_layouts(
+            grid, cfg.window, cfg.head_dim, cfg.rope_theta, b, x.dtype, x.device,
+            torch.is_inference_mode_enabled(),
+        )  # fmt: skip
         for block in self.blocks:
-            tokens = block(tokens, block_emb, context, text_mask, windows, rope)
+            tokens = block(tokens, block_emb, context, context_mask, layouts)
 
         out = self.head(tokens, emb)  # (B, L, pt*ph*pw*C)
-        pt, ph, pw = cfg.patch_size
         f, h, w = grid
         return rearrange(
             out,

@@ -1,10 +1,24 @@
 import itertools
 import math
 
+import attention_reference as reference
 import pytest
 import torch
 
-from model.attention import apply_rope, plan_windows, rope_tables, window_attention, window_mask
+from model.attention import (
+    apply_rope,
+    attend_windows,
+    plan_windows,
+    rope_tables,
+    window_layout,
+    window_mask,
+)
+
+
+def _attend(q, k, v, plan):
+    """The fast path on token-order q, k, v (B, L, Nh, Dh): layout, gather, SDPA, scatter."""
+    rope = rope_tables(plan.grid, q.shape[-1], 10000.0, q.device)
+    return attend_windows(q, k, v, window_layout(plan, rope, q.shape[0], q.dtype))
 
 
 def _naive_mask(grid, window, shifted):
@@ -49,7 +63,7 @@ def test_window_covering_the_grid_is_full_attention(grid, shifted):
     q, k, v = _qkv(grid)
     plan = plan_windows(grid, (64, 64, 64), shifted)
     assert plan.num_windows == 1 and plan.shift == (0, 0, 0)
-    out = window_attention(q, k, v, plan, window_mask(plan, q.device))
+    out = _attend(q, k, v, plan)
     assert torch.allclose(out.double(), _reference(q, k, v, None), atol=1e-5)
 
 
@@ -61,9 +75,27 @@ def test_windows_equal_masked_full_attention(grid, window, shifted):
     """Covers exact tiling, padding (grid not a multiple of the window) and the shift."""
     q, k, v = _qkv(grid, seed=1)
     plan = plan_windows(grid, window, shifted)
-    out = window_attention(q, k, v, plan, window_mask(plan, q.device))
+    out = _attend(q, k, v, plan)
     expected = _reference(q, k, v, _naive_mask(grid, window, shifted))
     assert torch.allclose(out.double(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+@pytest.mark.parametrize(
+    "grid,window",
+    [
+        ((4, 8, 8), (2, 4, 4)),
+        ((3, 6, 10), (2, 4, 4)),
+        ((5, 4, 7), (4, 2, 3)),
+        ((8, 16, 16), (4, 8, 8)),
+    ],
+)
+def test_fast_window_attention_equals_the_previous_implementation(grid, window, shifted):
+    """The row-gather layout against the frozen pad/roll/einops version, float32, 1e-5."""
+    q, k, v = (t * 3 for t in _qkv(grid, seed=3))  # sharper softmax than unit scores
+    plan = plan_windows(grid, window, shifted)
+    old = reference.window_attention(q, k, v, plan, window_mask(plan, q.device))
+    assert torch.allclose(_attend(q, k, v, plan), old, atol=1e-5)
 
 
 def test_shifted_windows_never_mix_tokens_wrapped_around_an_edge():
@@ -71,13 +103,13 @@ def test_shifted_windows_never_mix_tokens_wrapped_around_an_edge():
     plan = plan_windows(grid, window, shifted=True)
     assert plan.shift == (0, 2, 2)
     q, k, v = _qkv(grid, seed=2)
-    out = window_attention(q, k, v, plan, window_mask(plan, q.device))
+    out = _attend(q, k, v, plan)
     # Token (0, 0, 3) is rolled next to (0, 7, 3): same window, opposite edges of the grid.
     first, last = 0 * 64 + 0 * 8 + 3, 0 * 64 + 7 * 8 + 3
     k2, v2 = k.clone(), v.clone()
     k2[:, first] += 5.0
     v2[:, first] += 5.0
-    out2 = window_attention(q, k2, v2, plan, window_mask(plan, q.device))
+    out2 = _attend(q, k2, v2, plan)
     assert torch.equal(out[:, last], out2[:, last])  # the seam holds
     assert not torch.allclose(out[:, first], out2[:, first])  # the change is real
     # Without the mask they would have mixed: same rolled window.
@@ -107,3 +139,20 @@ def test_rope_is_relative_dot_products_depend_on_offsets_only():
     s2 = q[idx(2, 3, 4)] @ k[idx(3, 5, 3)]
     assert torch.allclose(s1, s2, atol=1e-4)
     assert torch.allclose(q.norm(dim=-1), base_q.norm().expand(L), atol=1e-4)
+
+
+def test_rope_equals_the_previous_implementation():
+    grid, dh = (3, 5, 6), 24
+    rope = rope_tables(grid, dh, 10000.0, torch.device("cpu"))
+    x = torch.randn(2, math.prod(grid), 3, dh, generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(apply_rope(x, rope), reference.apply_rope(x, rope), atol=1e-6)
+
+
+def test_layout_mask_is_additive_in_the_model_dtype_and_only_where_needed():
+    rope = rope_tables((4, 8, 8), 16, 10000.0, torch.device("cpu"))
+    plain = window_layout(plan_windows((4, 8, 8), (2, 4, 4), False), rope, 2, torch.bfloat16)
+    assert plain.mask is None  # exact tiling, no shift: SDPA runs without a mask
+    shifted = window_layout(plan_windows((4, 8, 8), (2, 4, 4), True), rope, 2, torch.bfloat16)
+    assert shifted.mask.dtype == torch.bfloat16 and shifted.mask.shape == (16, 1, 32, 32)
+    assert set(shifted.mask.unique().tolist()) == {0.0, float("-inf")}
+    assert sorted(shifted.scatter.tolist()) == sorted(set(shifted.scatter.tolist()))

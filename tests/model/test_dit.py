@@ -1,7 +1,12 @@
+import math
+
+import attention_reference as reference
 import pytest
 import torch
 
 from model import CONFIGS, StreamDiT
+from model.attention import plan_windows, rope_tables
+from model.dit import fast_bf16_cpu, inference_dtype, window_layouts
 
 
 def _random_net(cfg, seed=0):
@@ -137,3 +142,51 @@ def test_presets_build_and_the_4b_count_on_meta():
     assert counts["tiny"] < 1e6
     assert 5e6 <= counts["cpu"] <= 15e6
     assert 3.6e9 <= counts["4b"] <= 4.4e9
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+@pytest.mark.parametrize("grid", [(4, 8, 8), (3, 5, 6)])  # exact tiling, and padding
+@pytest.mark.parametrize("grad", [False, True])  # oneDNN inference path, autograd path
+def test_self_attention_equals_the_previous_implementation(grid, shifted, grad):
+    """Fused qkv, window order by row gather, rotation with folded signs: same numbers as
+    the frozen implementation (tests/attention_reference.py) in float32."""
+    block = _random_net(TINY).blocks[int(shifted)]
+    attn = block.self_attn
+    b, d = 2, TINY.dim
+    x = torch.randn(b, math.prod(grid), d, generator=torch.Generator().manual_seed(1))
+    plan = plan_windows(grid, TINY.window, shifted)
+    layouts = window_layouts(grid, TINY.window, TINY.head_dim, TINY.rope_theta, b,
+                             torch.float32, x.device, False)  # fmt: skip
+    rope = rope_tables(grid, TINY.head_dim, TINY.rope_theta, x.device)
+    with torch.set_grad_enabled(grad):
+        new = attn(x, layouts[shifted])
+        old = reference.self_attention(attn, x, plan, rope)
+    assert torch.allclose(new, old, atol=1e-5)
+
+
+def test_inference_path_equals_the_autograd_path():
+    """Under no_grad the linears take oneDNN's fused bias + GELU; same numbers in float32."""
+    net = _random_net(CONFIGS["tiny"])
+    x, t, text = _inputs(TINY, 2, 3, 10, 14)
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    with torch.no_grad():
+        fast = net(x, t, text, mask)
+    plain = net(x, t, text, mask).detach()
+    assert torch.allclose(fast, plain, atol=1e-5)
+
+
+def test_cached_layouts_from_inference_mode_do_not_break_training():
+    net = _random_net(TINY)
+    x, t, text = _inputs(TINY, 1, 4, 16, 16)
+    with torch.inference_mode():
+        net(x, t, text)
+    net(x, t, text).square().mean().backward()  # would raise on an inference tensor
+    assert net.blocks[0].self_attn.q.weight.grad.abs().sum() > 0
+
+
+def test_inference_dtype_is_bf16_only_where_it_is_fast():
+    cpu = torch.device("cpu")
+    fast = torch.bfloat16 if fast_bf16_cpu() else torch.float32
+    assert inference_dtype(cpu, CONFIGS["cpu"]) == fast
+    assert inference_dtype(cpu, TINY) == torch.float32  # too narrow to gain from bf16
+    assert inference_dtype(torch.device("meta"), CONFIGS["cpu"]) == torch.float32
