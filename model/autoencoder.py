@@ -12,6 +12,18 @@ Design, chosen for speed on a 2-core CPU:
   needs, so a stream encoded or decoded chunk by chunk equals the whole, with no seams.
 - No normalization layers: a per-frame GroupNorm would be legal but costs time, and any
   norm across time would break streaming.
+- Parameter-free shortcuts around every resolution change (as in DC-AE's residual
+  autoencoding): a 2x downsample adds space-to-depth followed by averaging channel groups,
+  the bottleneck adds the deepest features averaged down to the latent channels, and the
+  decoder mirrors both with channel repeats and depth-to-space. The stem's shortcut puts
+  each colour's mean over the tc x 2 x 2 patch into the level-0 channels that this chain
+  carries into latent channel 0, 1 or 2, and the head reads it back the same way. The
+  shortcuts alone are a codec of the block-mean colour (nearest upsampling); the convs
+  learn residuals on top (the encoder's last conv and the head start at zero). Shortcuts
+  that are linear maps of a conv's own input are added to its weights (`add_shortcuts`):
+  the same function and gradients, no cost per frame. Without shortcuts the deep,
+  unnormalized chain of convs learns like a deep linear net: luma first, colour hundreds
+  of steps later (a red patch decodes gray), in plateaus.
 
 Letters in shape comments: B batch, F frames (video or latent, said where it matters),
 C channels, H/W height/width, tc temporal factor, s spatial factor, kt temporal taps.
@@ -54,6 +66,7 @@ class AutoencoderConfig(ConfigDict):
     encoder_blocks: int = 1  # residual blocks per level
     decoder_blocks: int = 1
     temporal_kernel: int = 2  # kt: latent frames each causal conv sees (1 = none)
+    shortcuts: bool = True  # parameter-free shortcuts around resolution changes (see top)
 
     def __post_init__(self) -> None:
         for name in ("latent_channels", "channels", "max_channels", "temporal_kernel"):
@@ -85,10 +98,10 @@ class AutoencoderConfig(ConfigDict):
 
 
 AE_CONFIGS: dict[str, AutoencoderConfig] = {
-    # Tests: ~40K parameters, runs in milliseconds. Latent channels match
-    # CONFIGS["tiny"].
+    # Beside CONFIGS["tiny"] (the app's default and the tests' model): ~40K parameters,
+    # runs in milliseconds. Latent channels match CONFIGS["tiny"].
     "tiny": AutoencoderConfig(latent_channels=4, channels=8, max_channels=16, temporal_kernel=2),
-    # The shipped default, beside CONFIGS["cpu"]: 256x256 -> 32x32 latents, 8 channels.
+    # Beside CONFIGS["cpu"], the bigger CPU model: 256x256 -> 32x32 latents, 8 channels.
     # Widths (32, 64, 128) at 128/64/32 px: ~6 ms encode+decode per 256x256 frame on 2 CPU
     # cores; 48 or 64 channels at the top level cost 4x (see docs/PERFORMANCE.md).
     "cpu": AutoencoderConfig(
@@ -109,6 +122,69 @@ AE_CONFIGS: dict[str, AutoencoderConfig] = {
         temporal_kernel=3,
     ),
 }
+
+
+def _down_weight(cin: int, cout: int) -> torch.Tensor:
+    """(cout, cin, 2, 2) weight of a stride-2 conv doing space-to-depth (channel c, pixel
+    (i, j) -> channel 4c + 2i + j), then the mean of each group of 4cin/cout channels."""
+    weight, group = torch.zeros(cout, cin, 2, 2), 4 * cin // cout
+    for u in range(4 * cin):
+        c, i, j = u // 4, u % 4 // 2, u % 2
+        weight[u // group, c, i, j] += 1.0 / group
+    return weight
+
+
+def _channel_weight(cin: int, cout: int) -> torch.Tensor:
+    """(cout, cin) linear map: mean over groups of consecutive channels (cout <= cin), or
+    each channel repeated cout/cin times (cout > cin)."""
+    weight, o = torch.zeros(cout, cin), torch.arange(cout)
+    if cout <= cin:
+        group = cin // cout
+        for k in range(group):
+            weight[o, o * group + k] = 1.0 / group
+    else:
+        weight[o, o // (cout // cin)] = 1.0
+    return weight
+
+
+def _colour_weight(colours_in: int, cout: int, group: int, to_colour: bool) -> torch.Tensor:
+    """The stem's and head's colour shortcut as a (out, in) linear map.
+
+    to_colour=False (stem): ``colours_in`` = 3*k input channels, k per colour (the (c t p q)
+    order), each colour's mean written to ``group`` consecutive channels of ``cout``.
+    to_colour=True (head): the mean of those ``group`` channels per colour, written to the
+    ``cout`` = 3*k output channels of that colour.
+    """
+    k = (colours_in if not to_colour else cout) // 3
+    weight = torch.zeros(3 * group, 3 * k)  # (colour channels, pixel channels)
+    for c in range(3):
+        weight[c * group : (c + 1) * group, c * k : (c + 1) * k] = 1.0
+    if not to_colour:
+        out = torch.zeros(cout, colours_in)
+        out[: 3 * group] = weight / k
+        return out
+    out = torch.zeros(cout, colours_in)
+    out[:, : 3 * group] = weight.T / group
+    return out
+
+
+def _colour_group(cfg: AutoencoderConfig) -> int:
+    """Level-0 channels per latent channel along the shortcut chain; 0 = no colour shortcut.
+
+    The down shortcuts keep channel order, so level-0 channel j reaches latent channel
+    j // group: colour c rides in channels [c*group, (c+1)*group) into latent channel c.
+    """
+    w0, lat = cfg.widths[0], cfg.latent_channels
+    pairs = zip(cfg.widths[:-1], cfg.widths[1:], strict=True)
+    chain = all(_fits(4 * a, b) for a, b in pairs) and _fits(cfg.widths[-1], lat)
+    if not cfg.shortcuts or not chain or lat < 3 or w0 % lat:
+        return 0
+    return w0 // lat
+
+
+def _fits(cin: int, cout: int) -> bool:
+    """Whether a channel shortcut between these widths is a whole number of groups."""
+    return (cin % cout == 0) if cout <= cin else (cout % cin == 0)
 
 
 class CausalConv(nn.Module):
@@ -166,6 +242,7 @@ class Encoder(nn.Module):
         w, kt = cfg.widths, cfg.temporal_kernel
         # 1x1: a linear patch embedding; the 3x3 convs after it supply spatial context.
         self.stem = nn.Conv2d(3 * cfg.temporal_factor * _PATCH**2, w[0], 1)
+        self.group = _colour_group(cfg)
         self.blocks = nn.ModuleList(
             nn.ModuleList(ResBlock(w[i], kt) for _ in range(cfg.encoder_blocks))
             for i in range(cfg.levels)
@@ -175,6 +252,31 @@ class Encoder(nn.Module):
             nn.Conv2d(w[i], w[i + 1], 2, stride=2) for i in range(cfg.levels - 1)
         )
         self.out = nn.Conv2d(w[-1], cfg.latent_channels, 3, padding=1)
+        # The bottleneck's shortcut reads the features before the SiLU, so it stays its own
+        # fixed 1x1 conv (derived from the config, not saved).
+        out_short = cfg.shortcuts and _fits(w[-1], cfg.latent_channels)
+        weight = _channel_weight(w[-1], cfg.latent_channels)[..., None, None] if out_short else None
+        self.register_buffer("out_short", weight, persistent=False)
+        if out_short:  # start as the shortcut's codec; the conv learns the residual
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+        self.add_shortcuts()
+
+    @torch.no_grad()
+    def add_shortcuts(self) -> None:
+        """Add the linear shortcuts of the stem and the downsamples to their conv weights.
+
+        Each is a fixed linear map of the conv's own input, so ``conv(x) + shortcut(x)`` is
+        one conv with the shortcut added to its weight: the same function and the same
+        gradients, at no cost per frame.
+        """
+        cfg, w = self.cfg, self.cfg.widths
+        if self.group:
+            stem = _colour_weight(self.stem.in_channels, w[0], self.group, to_colour=False)
+            self.stem.weight[:, :, 0, 0] += stem
+        for i, down in enumerate(self.down):
+            if cfg.shortcuts and _fits(4 * w[i], w[i + 1]):
+                down.weight += _down_weight(w[i], w[i + 1])
 
     def forward(self, frames: torch.Tensor, state: _State | None) -> torch.Tensor:
         b, tc = frames.shape[0], self.cfg.temporal_factor
@@ -188,7 +290,10 @@ class Encoder(nn.Module):
                 x = block(x, b, state)
             if i < len(self.down):
                 x = self.down[i](x)
-        x = self.out(F.silu(x))  # (B*F, C, H/s, W/s)
+        y = self.out(F.silu(x))  # (B*F, C, H/s, W/s)
+        if self.out_short is not None:
+            y = y + F.conv2d(x, self.out_short)
+        x = y
         return rearrange(x, "(b f) c h w -> b c f h w", b=b).contiguous()
 
 
@@ -209,6 +314,28 @@ class Decoder(nn.Module):
             nn.Conv2d(w[i], 4 * w[i - 1], 1) for i in reversed(range(1, cfg.levels))
         )
         self.head = nn.Conv2d(w[0], 3 * cfg.temporal_factor * _PATCH**2, 3, padding=1)
+        self.group = _colour_group(cfg)
+        # The head's colour shortcut reads the features before the SiLU: its own fixed 1x1.
+        head = self.head
+        weight = None
+        if self.group:
+            weight = _colour_weight(w[0], head.out_channels, self.group, to_colour=True)
+            weight = weight[..., None, None]
+            nn.init.zeros_(head.weight)  # start as the shortcut's codec
+            nn.init.zeros_(head.bias)
+        self.register_buffer("head_short", weight, persistent=False)
+        self.add_shortcuts()
+
+    @torch.no_grad()
+    def add_shortcuts(self) -> None:
+        """Add the input's and the upsamples' linear shortcuts (channel repeats before
+        depth-to-space) to their conv weights: see `Encoder.add_shortcuts`."""
+        cfg, w = self.cfg, self.cfg.widths
+        if cfg.shortcuts and _fits(cfg.latent_channels, w[-1]):
+            self.inp.weight[:, :, 1, 1] += _channel_weight(cfg.latent_channels, w[-1])
+        for up, i in zip(self.up, reversed(range(1, cfg.levels)), strict=True):
+            if cfg.shortcuts and _fits(w[i], 4 * w[i - 1]):
+                up.weight[:, :, 0, 0] += _channel_weight(w[i], 4 * w[i - 1])
 
     def forward(self, latents: torch.Tensor, state: _State | None) -> torch.Tensor:
         b = latents.shape[0]
@@ -219,7 +346,10 @@ class Decoder(nn.Module):
                 x = block(x, b, state)
             if i < len(self.up):
                 x = F.pixel_shuffle(self.up[i](x), 2)  # (B*F, C', 2H, 2W)
-        x = self.head(F.silu(x))  # (B*F, 3*tc*2*2, H/2, W/2)
+        y = self.head(F.silu(x))  # (B*F, 3*tc*2*2, H/2, W/2)
+        if self.head_short is not None:
+            y = y + F.conv2d(x, self.head_short)  # each colour's mean, at every t, p, q
+        x = y
         # -> (B, 3, F*tc, H, W): each latent frame unfolds into tc video frames.
         return rearrange(
             x,

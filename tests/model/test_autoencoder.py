@@ -197,3 +197,37 @@ def test_checkpoint_round_trip(tmp_path) -> None:
         assert torch.equal(loaded.state_dict()[k], v), k
     x = _frames(1, 4, 16, 16)
     assert torch.equal(loaded.encode(x), ae.encode(x))
+
+
+@pytest.mark.parametrize("name", ["tiny", "cpu", "4b"])
+def test_shortcuts_alone_are_a_block_colour_codec(name: str) -> None:
+    """With every conv at zero only the parameter-free shortcuts remain: they carry each
+    8x8x4 block's mean colour through latent channels 0-2 and paint it back."""
+    ae = VideoAutoencoder(AE_CONFIGS[name]).eval()
+    with torch.no_grad():
+        for p in ae.parameters():
+            p.zero_()
+        ae.encoder.add_shortcuts()  # the linear shortcuts live in the conv weights
+        ae.decoder.add_shortcuts()
+        x = _frames(1, 8, 16, 24)
+        z = ae.encode(x)
+        y = ae.decode(z)
+    blocks = x.unflatten(2, (2, 4)).unflatten(4, (2, 8)).unflatten(6, (3, 8))
+    means = blocks.mean(dim=(3, 5, 7))  # (1, 3, 2, 2, 3): per 4-frame, 8x8 block
+    assert torch.allclose(z[:, :3], means, atol=1e-5)
+    assert z[:, 3:].abs().max() < 1e-6
+    painted = means.repeat_interleave(4, 2).repeat_interleave(8, 3).repeat_interleave(8, 4)
+    assert torch.allclose(y, painted, atol=1e-5)
+
+
+def test_shortcuts_can_be_turned_off() -> None:
+    cfg = AE_CONFIGS["cpu"].replace(shortcuts=False)
+    ae = VideoAutoencoder(cfg).eval()
+    assert ae.encoder.out_short is None and ae.decoder.head_short is None
+    with torch.no_grad():
+        for p in ae.parameters():
+            p.zero_()
+        ae.encoder.add_shortcuts()
+        ae.decoder.add_shortcuts()
+        assert ae.decode(ae.encode(torch.full((1, 3, 4, 16, 16), 0.5))).abs().max() == 0
+    assert AutoencoderConfig.from_dict(cfg.to_dict()) == cfg
