@@ -8,6 +8,9 @@ chunk reaches t = 1, leaves the buffer, and a fresh chunk enters at t = 0.
 
 Special cases are parameter choices: c = B (N = 1) is uniform diffusion with s steps, and
 c = 1, s = 1 is the diagonal (FIFO-Diffusion) scheme.
+
+`buffer_steps` and `step_times` are the one owner of "which frame is at which level": the
+stream (`model.stream.StreamBuffer`) and distillation's teacher rollout both read them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from model.flow import shift_time
 
 
 @dataclass(frozen=True)
@@ -48,12 +53,7 @@ class PartitionScheme:
 
     def frame_steps(self, micro_step: int) -> Tensor:
         """(B,) steps taken by every buffer frame at `micro_step` (0..s-1); refs count T."""
-        if not 0 <= micro_step < self.micro_steps:
-            raise ValueError(f"micro_step must be in [0, {self.micro_steps}), got {micro_step}")
-        steps = [self.total_steps] * self.ref_frames
-        for k in range(self.chunks):  # k = 0 is the oldest chunk, at position N-1
-            steps += [self.chunk_steps(self.chunks - 1 - k, micro_step)] * self.chunk_size
-        return torch.tensor(steps, dtype=torch.long)
+        return buffer_steps(self, micro_step)
 
     def frame_times(self, micro_step: int) -> Tensor:
         """(B,) schedule times in [0, 1] of the buffer's frames at `micro_step`."""
@@ -62,6 +62,47 @@ class PartitionScheme:
     def active(self) -> Tensor:
         """(B,) bool: the frames that are denoised (False on the clean reference frames)."""
         return torch.arange(self.buffer_frames) >= self.ref_frames
+
+
+def buffer_steps(scheme: PartitionScheme, micro_step: int, stages: int | None = None) -> Tensor:
+    """(K + stages*c,) steps taken by each frame at `micro_step` (0..s-1), oldest first.
+
+    A buffer of `stages` chunks (default N) holds the stages nearest the clean end, as video
+    mode's shortened buffer does: its newest chunk entered at step (N - stages) * s.
+    Reference frames count T (clean).
+    """
+    n, s, c = scheme.chunks, scheme.micro_steps, scheme.chunk_size
+    stages = n if stages is None else stages
+    if not 0 <= micro_step < s:
+        raise ValueError(f"micro_step must be in [0, {s}), got {micro_step}")
+    if not 1 <= stages <= n:
+        raise ValueError(f"stages must be in [1, {n}], got {stages}")
+    refs = torch.full((scheme.ref_frames,), scheme.total_steps, dtype=torch.long)
+    # Positions counted from the noisy end of the full buffer; a shortened one lacks 0..N-stages-1.
+    positions = torch.arange(n - 1, n - stages - 1, -1).repeat_interleave(c)  # oldest first
+    return torch.cat([refs, scheme.chunk_steps(positions, micro_step)])
+
+
+def schedule_time(steps: Tensor, total_steps: int, shift: float = 1.0) -> Tensor:
+    """Float64 schedule times of step counts: steps / T, moved by `shift` (see flow)."""
+    return shift_time(steps.double() / total_steps, shift)
+
+
+def step_times(
+    scheme: PartitionScheme, micro_step: int, stages: int | None = None, shift: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """(F,) float64 times of the buffer's frames before and after one micro step.
+
+    Reference frames stay at 1. Over the s micro steps of one stage a frame moves from
+    ``step_times(scheme, 0)[0]`` to ``step_times(scheme, s - 1)[1]``: the stage a one-step
+    student (the same N and c, s = 1) crosses in a single call.
+    """
+    steps = buffer_steps(scheme, micro_step, stages)
+    after = torch.clamp(steps + 1, max=scheme.total_steps)
+    return (
+        schedule_time(steps, scheme.total_steps, shift),
+        schedule_time(after, scheme.total_steps, shift),
+    )
 
 
 def sample_chunk_times(

@@ -15,13 +15,49 @@ from enum import Enum
 import torch
 from torch import Tensor, nn
 
-from model.flow import euler_step, interpolate, shift_time
-from model.partition import PartitionScheme
+from model.flow import euler_step, interpolate
+from model.partition import PartitionScheme, buffer_steps, schedule_time, step_times
 
 
 class StreamMode(Enum):
     TEXT = "text"
     VIDEO = "video"
+
+
+def guided_velocity(
+    net: nn.Module,
+    x: Tensor,
+    t: Tensor,
+    text: Tensor,
+    text_mask: Tensor | None = None,
+    guidance: float = 1.0,
+    null_text: Tensor | None = None,
+    null_mask: Tensor | None = None,
+) -> Tensor:
+    """The velocity at x (B, C, F, H, W) and times t (B, F), in one model call.
+
+    With guidance != 1 (classifier-free guidance) the conditional and unconditional branches
+    run stacked as one batch of 2B: v = v_null + guidance * (v_text - v_null). The null prompt
+    is the empty prompt's states (1 or B, L, D) and mask, as the model saw them under text
+    dropout in training; zeros if not given.
+    """
+    if guidance == 1.0:
+        return net(x, t, text, text_mask)
+    b = x.shape[0]
+    null = torch.zeros_like(text) if null_text is None else null_text.expand(b, -1, -1)
+    if null.shape[1] != text.shape[1]:
+        raise ValueError(
+            f"null_text has {null.shape[1]} tokens but the prompt {text.shape[1]}; "
+            "encode both with the same text encoder"
+        )
+    mask = None
+    if text_mask is not None or null_mask is not None:
+        ones = torch.ones(b, null.shape[1], dtype=torch.bool, device=text.device)
+        cond_mask = ones if text_mask is None else text_mask.expand(b, -1)
+        mask = torch.cat([cond_mask, ones if null_mask is None else null_mask.expand(b, -1)])
+    both = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text, null]), mask)
+    cond, uncond = both.chunk(2)
+    return uncond + guidance * (cond - uncond)
 
 
 class StreamBuffer:
@@ -107,17 +143,14 @@ class StreamBuffer:
             raise ValueError(f"input chunk must be {expected}, got {tuple(latents.shape)}")
         self.inputs.append(latents.detach().to(self.device, torch.float32))
 
-    # --- the schedule ----------------------------------------------------------------
+    # --- the schedule (owned by model.partition) ----------------------------------------
 
     def _time(self, steps: Tensor) -> Tensor:
-        return shift_time(steps.double() / self.scheme.total_steps, self.shift)
+        return schedule_time(steps, self.scheme.total_steps, self.shift)
 
     def _frame_steps(self, micro: int) -> Tensor:
         """(frames,) steps taken by each frame of the (possibly shortened) buffer."""
-        k, s, c = self.scheme.ref_frames, self.scheme.micro_steps, self.chunk_frames
-        refs = torch.full((k,), self.scheme.total_steps)
-        positions = torch.arange(self.stages - 1, -1, -1).repeat_interleave(c)  # oldest first
-        return torch.cat([refs, self.entry_step + positions * s + micro])
+        return buffer_steps(self.scheme, micro, self.stages)
 
     def _noise(self, frames: int) -> Tensor:
         c, h, w = self.latent_shape
@@ -144,25 +177,16 @@ class StreamBuffer:
     def _velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """One model call (two stacked, with guidance) on x (1, C, F, H, W) at times t (F,)."""
         x_in, t_in = x.to(self.device, self.dtype), t[None].to(self.device, torch.float32)
-        if self.guidance == 1.0:
-            v = self.net(x_in, t_in, self.text, self.text_mask)
-        else:
-            null = self.null_text if self.null_text is not None else torch.zeros_like(self.text)
-            if null.shape[1] != self.text.shape[1]:
-                raise ValueError(
-                    f"null_text has {null.shape[1]} tokens but the prompt {self.text.shape[1]}; "
-                    "encode both with the same text encoder"
-                )
-            mask = None
-            if self.text_mask is not None or self.null_mask is not None:
-                ones = torch.ones(1, null.shape[1], dtype=torch.bool, device=self.device)
-                cond_mask = ones if self.text_mask is None else self.text_mask
-                mask = torch.cat([cond_mask, ones if self.null_mask is None else self.null_mask])
-            both = self.net(
-                x_in.repeat(2, 1, 1, 1, 1), t_in.repeat(2, 1), torch.cat([self.text, null]), mask
-            )
-            cond, uncond = both.chunk(2)
-            v = uncond + self.guidance * (cond - uncond)
+        v = guided_velocity(
+            self.net,
+            x_in,
+            t_in,
+            self.text,
+            self.text_mask,
+            self.guidance,
+            self.null_text,
+            self.null_mask,
+        )
         self.model_calls += 1
         return v.float()
 
@@ -200,11 +224,7 @@ class StreamBuffer:
         if self.x is None and not self._start():
             return None
         k, c = self.scheme.ref_frames, self.chunk_frames
-        steps = self._frame_steps(self.micro)
-        t, t_next = (
-            self._time(steps),
-            self._time(torch.clamp(steps + 1, max=self.scheme.total_steps)),
-        )
+        t, t_next = step_times(self.scheme, self.micro, self.stages, self.shift)
         dt = (t_next - t).float().to(self.device)[None, None, :, None, None]  # (1,1,F,1,1)
         self.x = euler_step(self.x, self._velocity(self.x, t.float()), dt)
         self.micro += 1

@@ -102,6 +102,25 @@ def wrap(net: nn.Module, strategy: Strategy, env: DistEnv) -> nn.Module:
     return net
 
 
+def wrap_frozen(net: nn.Module, strategy: Strategy, env: DistEnv) -> nn.Module:
+    """A module that only runs forward (distillation's teacher): sharded under FSDP, else
+    a full copy per process (DDP refuses a module without trainable parameters)."""
+    net.requires_grad_(False)
+    if strategy is Strategy.FSDP and env.distributed:
+        return wrap(net, strategy, env)
+    return net
+
+
+def average_gradients(net: nn.Module, env: DistEnv) -> None:
+    """All-reduce and average the gradients by hand, for a model DDP does not wrap."""
+    if not env.distributed:
+        return
+    for p in net.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= env.world
+
+
 def all_mean(value: float, env: DistEnv) -> float:
     """The mean of a scalar over all processes (for logging)."""
     if not env.distributed:

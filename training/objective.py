@@ -1,4 +1,4 @@
-"""Buffered flow matching (DESIGN §2) as pure functions of their inputs.
+"""Buffered flow matching (docs/DESIGN.md §1.4) as pure functions of their inputs.
 
 One training example is a buffer of B latent frames: K clean reference frames, then N chunks
 of c frames. Chunk i (1..N, counted from the noisy end) draws one time t_i ~ U[(i-1)/N, i/N)

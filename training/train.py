@@ -1,4 +1,4 @@
-"""StreamDiT training: buffered flow matching with mixed partitions (DESIGN §2).
+"""StreamDiT training: buffered flow matching with mixed partitions (docs/DESIGN.md §1.4).
 
     python -m training.train training/configs/tiny.toml [--set key=value ...]
     torchrun --nproc-per-node N -m training.train training/configs/4b.toml
@@ -16,22 +16,20 @@ Letters: B batch, C channels, F frames, H W height/width.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from model.autoencoder import AE_CONFIGS, VideoAutoencoder
+from model.bundle import TEXT_STUB, TextEncoderId, minilm_id, training_record
 from model.checkpoint import save_checkpoint
 from model.config import CONFIGS, StreamDiTConfig
 from model.dit import StreamDiT
@@ -39,7 +37,7 @@ from training import distributed
 from training.config import (
     AutoencoderSource,
     ConfigError,
-    Precision,
+    Stage,
     TextSource,
     TrainConfig,
     run_cli,
@@ -47,15 +45,24 @@ from training.config import (
 )
 from training.data import LatentCache, StepSampler, build_dataset
 from training.ema import EMA
+from training.harness import (
+    Cadence,
+    Harness,
+    autocast,
+    optimizer_step,
+    per_rank_batch,
+    session,
+    use_bf16,
+    warmup_lr,
+    weights_digest,
+)
 from training.objective import draw_noise, flow_matching_loss, resolve_chunk_sizes, step_generator
-from training.state import latest_state, load_state, save_state, state_path, state_step
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """The stage's learning rate with a linear warmup at the start of every stage."""
     stage, local = cfg.stage_at(step)
-    warm = cfg.optim.warmup
-    return stage.lr * min(1.0, (local + 1) / warm) if warm > 0 else stage.lr
+    return warmup_lr(stage.lr, local, cfg.optim.warmup)
 
 
 def model_config(cfg: TrainConfig) -> StreamDiTConfig:
@@ -171,44 +178,65 @@ def geometry(cfg: TrainConfig, ae: VideoAutoencoder) -> Geometry:
     return Geometry(net_cfg.latent_frames * ae.cfg.temporal_factor, size, tokens)
 
 
-def weights_digest(net: nn.Module) -> str:
-    """sha256 over this process's parameter bytes, in name order."""
-    h = hashlib.sha256()
-    for name, p in sorted(net.named_parameters()):
-        local = p.detach()
-        local = local.to_local() if hasattr(local, "to_local") else local
-        h.update(name.encode())
-        h.update(local.float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+def stage_batches(
+    cfg: TrainConfig, geo: Geometry, per_rank: int, env: distributed.DistEnv, step: int, end: int
+) -> Iterator[tuple[Stage, Tensor, list[str]]]:
+    """(stage, clips or latents, captions) for steps `step`..`end`-1 of this rank: the data
+    order is a function of (seed, step, rank), so a resumed run sees the same batches."""
+    while step < end:
+        stage, local = cfg.stage_at(step)
+        stage_end = min(end, step - local + stage.steps)
+        data = build_dataset(cfg.data, geo.video_frames, geo.size, cfg.run.seed, stage.folder_path)
+        if isinstance(data, LatentCache):
+            check_latent_cache(cfg, data)
+        loader = DataLoader(
+            data,
+            batch_size=per_rank,
+            num_workers=cfg.data.workers,
+            sampler=StepSampler(per_rank, env.rank, env.world, start_step=step),
+            pin_memory=env.device.type == "cuda",
+            persistent_workers=False,
+        )
+        batches = iter(loader)
+        while step < stage_end:
+            clips, captions = next(batches)
+            yield stage, clips, list(captions)
+            step += 1
+        del batches  # stops loader workers before the next stage builds its own
 
 
-class JsonlLog:
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def rewind(self, step: int) -> None:
-        """Drop records past `step`: after a crash they are replayed by the resumed run."""
-        if not (self.enabled and self.path.is_file()):
-            return
-        lines = self.path.read_text().splitlines(keepends=True)
-        kept = []
-        for line in lines:
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass  # a line cut short by the crash
-        if len(kept) < len(lines):
-            self.path.write_text("".join(kept))
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+@torch.no_grad()
+def to_latents(cfg: TrainConfig, ae: VideoAutoencoder, clips: Tensor, device) -> Tensor:
+    """A batch from `stage_batches` as latents (B, C, F, H, W) on `device`."""
+    clips = clips.to(device, non_blocking=True)
+    return clips if cfg.data.latent_cache else ae.encode(clips)
 
 
-def _export(cfg: TrainConfig, ema: EMA, net_cfg: StreamDiTConfig, step: int, is_main: bool):
-    state = ema.full_state()  # collective under FSDP
+def pairing_record(cfg: TrainConfig, ae: VideoAutoencoder, geo: Geometry) -> dict[str, str]:
+    """What the DiT was trained with (autoencoder digest, text encoder, frame size): the
+    record `python -m model.bundle pack` checks before it puts a DiT and an autoencoder
+    together. Take it after `calibrate_random`, which changes a random autoencoder."""
+    text = minilm_id() if cfg.text.encoder is TextSource.MINILM else TextEncoderId(TEXT_STUB, "")
+    return training_record(ae, text, [(geo.size, geo.size)], cfg.model.preset)
+
+
+def save_random_autoencoder(cfg: TrainConfig, ae: VideoAutoencoder, is_main: bool) -> None:
+    """A smoke run's random (calibrated) autoencoder, saved so its DiT can still be packed."""
+    if is_main and cfg.autoencoder.source is AutoencoderSource.RANDOM:
+        ae.save(Path(cfg.run.out_dir) / "autoencoder.safetensors")
+
+
+def export_streamdit(
+    cfg: TrainConfig,
+    ema: EMA,
+    net_cfg: StreamDiTConfig,
+    step: int,
+    is_main: bool,
+    record: dict[str, str],
+) -> None:
+    """Write the EMA weights as ``streamdit_ema.safetensors`` (collective under FSDP), with
+    `record`: `pairing_record` plus whatever the caller adds (distillation's provenance)."""
+    state = ema.full_state()
     if not is_main:
         return
     export = StreamDiT(net_cfg)
@@ -216,11 +244,7 @@ def _export(cfg: TrainConfig, ema: EMA, net_cfg: StreamDiTConfig, step: int, is_
     missing, unexpected = export.load_state_dict(state, strict=False)
     if unexpected or any(name in dict(export.named_parameters()) for name in missing):
         raise RuntimeError(f"EMA does not match the model: missing {missing}, extra {unexpected}")
-    meta = {
-        "step": str(step),
-        "text_encoder": cfg.text.encoder.value,
-        "autoencoder": autoencoder_tag(cfg),
-    }
+    meta = {"step": str(step), "autoencoder": autoencoder_tag(cfg), **record}
     save_checkpoint(
         Path(cfg.run.out_dir) / "streamdit_ema.safetensors", export, net_cfg, "streamdit", meta
     )
@@ -228,24 +252,15 @@ def _export(cfg: TrainConfig, ema: EMA, net_cfg: StreamDiTConfig, step: int, is_
 
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training; returns a summary of the last logged step."""
-    with distributed.session(cfg.run.device, cfg.run.threads) as env:
+    with session(cfg.run) as env:
         return _train(cfg, env)
 
 
 def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
-    out = Path(cfg.run.out_dir)
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    if cfg.optim.batch_size % env.world:
-        raise ConfigError(
-            f"optim.batch_size {cfg.optim.batch_size} must divide evenly over {env.world} processes"
-        )
-    per_rank = cfg.optim.batch_size // env.world
+    run = Harness(cfg.run.out_dir, env, to_dict(cfg), Cadence.of(cfg.run))
+    per_rank = per_rank_batch(cfg.optim.batch_size, env)
     device = env.device
-    bf16 = cfg.run.precision is Precision.BF16 or (
-        cfg.run.precision is Precision.AUTO and device.type == "cuda"
-    )
+    bf16 = use_bf16(cfg.run.precision, device)
 
     net_cfg = model_config(cfg)
     ae = build_autoencoder(cfg, device)
@@ -256,6 +271,8 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     )
     if not cfg.data.latent_cache:
         calibrate_random(cfg, ae, geo, device)
+    record = pairing_record(cfg, ae, geo)
+    save_random_autoencoder(cfg, ae, env.is_main)
 
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     with torch.device(device):
@@ -269,132 +286,84 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     )
     ema = EMA(net, cfg.optim.ema_decay)
 
-    step = 0
-    resume = latest_state(out)
-    # Before loading, which is collective under FSDP: a rank that sees no checkpoint (an
-    # out_dir not shared between nodes) would start over and hang or silently diverge.
-    distributed.check_same(state_step(resume), "the checkpoint step to resume from", env)
-    if resume is not None:
-        step = load_state(resume, net, opt, ema)
+    step = run.resume(net, opt, ema)
     end = min(cfg.total_steps, cfg.run.max_steps or cfg.total_steps)
-    log = JsonlLog(out / "log.jsonl", env.is_main)
-    log.rewind(step)
     if env.is_main:
         params = sum(p.numel() for p in net.parameters())
-        origin = f"resumed from {resume}" if resume else "fresh start"
         print(
             f"StreamDiT {cfg.model.preset}: {params / 1e6:.2f}M parameters, {env.world} "
-            f"process(es) on {device.type}, steps {step} -> {end}, {origin}",
+            f"process(es) on {device.type}, steps {step} -> {end}, {run.origin}",
             flush=True,
         )
 
-    bar = tqdm(
-        total=end, initial=step, disable=not (env.is_main and cfg.run.progress), dynamic_ncols=True
-    )
+    run.start(end)
     last: dict = {"step": step}
-    window_start, window_steps, loss_sum = time.perf_counter(), 0, 0.0
-    while step < end:
-        stage, _ = cfg.stage_at(step)
-        stage_end = min(end, step - cfg.stage_at(step)[1] + stage.steps)
-        data = build_dataset(cfg.data, geo.video_frames, geo.size, cfg.run.seed, stage.folder_path)
-        if isinstance(data, LatentCache):
-            check_latent_cache(cfg, data)
-        loader = DataLoader(
-            data,
-            batch_size=per_rank,
-            num_workers=cfg.data.workers,
-            sampler=StepSampler(per_rank, env.rank, env.world, start_step=step),
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
+    loss_sum = 0.0
+    for stage, clips, captions in stage_batches(cfg, geo, per_rank, env, step, end):
+        lr = lr_at(cfg, run.step)
+        latents = to_latents(cfg, ae, clips, device)
+        loss, grad_norm = _step(
+            cfg, model, net, opt, text_encoder, latents, captions, chunk_sizes, run, lr, bf16
         )
-        batches = iter(loader)
-        while step < stage_end:
-            clips, captions = next(batches)
-            lr = lr_at(cfg, step)
-            loss, grad_norm = _step(
-                cfg,
-                model,
+        ema.update(net, run.step)
+        run.tick()
+        loss_sum += loss
+
+        if run.log_due():
+            elapsed, steps = run.window()
+            samples_s = steps * cfg.optim.batch_size / elapsed
+            last = {
+                "step": run.step,
+                "stage": stage.name,
+                "loss": distributed.all_mean(loss_sum / steps, env),
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "samples_per_s": samples_s,
+                "tokens_per_s": samples_s * geo.tokens_per_sample,
+                "step_s": elapsed / steps,
+                "time": time.time(),
+            }
+            if device.type == "cuda":
+                last["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+            run.write(last, loss=f"{last['loss']:.4f}", sps=f"{samples_s:.2f}")
+            if not math.isfinite(last["loss"]):
+                raise RuntimeError(f"training diverged: loss {last['loss']} at step {run.step}")
+            loss_sum = 0.0
+        if run.checkpoint_due():
+            run.checkpoint(
                 net,
                 opt,
-                ae,
-                text_encoder,
-                clips,
-                captions,
-                step,
-                env,
-                chunk_sizes,
-                lr,
-                bf16,
+                ema,
+                lambda: export_streamdit(cfg, ema, net_cfg, run.step, env.is_main, record),
             )
-            ema.update(net, step)
-            step += 1
-            window_steps += 1
-            loss_sum += loss
-            bar.update(1)
-
-            if step % cfg.run.log_every == 0 or step == end:
-                elapsed = time.perf_counter() - window_start
-                samples_s = window_steps * cfg.optim.batch_size / elapsed
-                last = {
-                    "step": step,
-                    "stage": stage.name,
-                    "loss": distributed.all_mean(loss_sum / window_steps, env),
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "samples_per_s": samples_s,
-                    "tokens_per_s": samples_s * geo.tokens_per_sample,
-                    "step_s": elapsed / window_steps,
-                    "time": time.time(),
-                }
-                if device.type == "cuda":
-                    last["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-                log.write(last)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", sps=f"{samples_s:.2f}")
-                if not math.isfinite(last["loss"]):
-                    raise RuntimeError(f"training diverged: loss {last['loss']} at step {step}")
-                window_start, window_steps, loss_sum = time.perf_counter(), 0, 0.0
-            if step % cfg.run.ckpt_every == 0 or step == end:
-                save_state(
-                    state_path(out, step),
-                    net,
-                    opt,
-                    ema,
-                    step,
-                    to_dict(cfg),
-                    env.is_main,
-                    cfg.run.keep_checkpoints,
-                )
-                _export(cfg, ema, net_cfg, step, env.is_main)
-                distributed.barrier(env)
-                if window_steps == 0:  # keep checkpoint time out of the next throughput figure
-                    window_start = time.perf_counter()
-        del batches  # stops loader workers before the next stage builds its own
-    bar.close()
+    run.close()
     if cfg.run.checksum:
-        (out / f"weights_rank{env.rank}.sha256").write_text(weights_digest(net) + "\n")
+        (run.out / f"weights_rank{env.rank}.sha256").write_text(weights_digest(net) + "\n")
     return last
 
 
 def _step(
-    cfg, model, net, opt, ae, text_encoder, clips, captions, step, env, chunk_sizes, lr, bf16
+    cfg: TrainConfig,
+    model: nn.Module,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    text_encoder,
+    latents: Tensor,
+    captions: list[str],
+    chunk_sizes: list[int],
+    run: Harness,
+    lr: float,
+    bf16: bool,
 ) -> tuple[float, float]:
     """One optimizer step on one batch; returns (loss, gradient norm before clipping)."""
-    device = env.device
-    gen = step_generator(cfg.run.seed, step, env.rank)
-    with torch.no_grad():
-        clips = clips.to(device, non_blocking=True)
-        latents = clips if cfg.data.latent_cache else ae.encode(clips)  # (B, C, F, H, W)
+    device = run.env.device
+    gen = step_generator(cfg.run.seed, run.step, run.env.rank)
     draw = draw_noise(
         tuple(latents.shape), chunk_sizes, cfg.flow.ref_frames, cfg.flow.text_dropout, gen
     )
     prompts = ["" if drop else c for c, drop in zip(captions, draw.drop_text.tolist(), strict=True)]
     text = text_encoder.encode(prompts).to(device)
-    for group in opt.param_groups:
-        group["lr"] = lr
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    )
-    with autocast:
+    with autocast(bf16, device):
         loss = flow_matching_loss(
             model,
             latents,
@@ -404,11 +373,8 @@ def _step(
             model_config(cfg).sigma_min,
             cfg.flow.ref_frames,
         )
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
-    opt.step()
-    return float(loss.detach()), float(grad_norm)
+    grad_norm = optimizer_step(loss, net, opt, lr, cfg.optim.grad_clip)
+    return float(loss.detach()), grad_norm
 
 
 def main(argv: list[str] | None = None) -> int:

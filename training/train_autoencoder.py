@@ -18,27 +18,29 @@ Letters: B batch, F frames, H W pixels.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from model.autoencoder import AE_CONFIGS, VideoAutoencoder
 from training import distributed
 from training.config import ConfigError, DataSection, run_cli, to_dict
 from training.data import StepSampler, build_dataset
+from training.harness import (
+    Cadence,
+    Harness,
+    optimizer_step,
+    per_rank_batch,
+    session,
+    warmup_lr,
+)
 from training.objective import step_generator
-from training.state import latest_state, load_state, save_state, state_path, state_step
-from training.train import JsonlLog
 
 
 @dataclass
@@ -53,6 +55,9 @@ class AELossSection:
     ssim: float = 0.2
     latent_l2: float = 1e-4
     latent_noise: float = 0.05  # std of noise added to raw latents before decoding
+    # Train on random crops of this many pixels (0 = whole clips): clips keep the scale of
+    # data.size (the size the app runs at) while steps cost what the crop costs.
+    crop: int = 0
 
 
 @dataclass
@@ -121,10 +126,26 @@ def psnr(a: Tensor, b: Tensor) -> float:
     return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
+def random_crops(clips: Tensor, size: int, multiple: int, generator: torch.Generator) -> Tensor:
+    """(B, 3, F, H, W) -> (B, 3, F, size, size), one crop per clip at a multiple of
+    ``multiple`` pixels (so latents of a crop line up with those of the whole clip)."""
+    h, w = clips.shape[-2:]
+    size = min(size, h, w)
+    tops = torch.randint(0, (h - size) // multiple + 1, (len(clips),), generator=generator)
+    lefts = torch.randint(0, (w - size) // multiple + 1, (len(clips),), generator=generator)
+    crops = [
+        c[..., t * multiple : t * multiple + size, x * multiple : x * multiple + size]
+        for c, t, x in zip(clips, tops.tolist(), lefts.tolist(), strict=True)
+    ]
+    return torch.stack(crops)  # (B, 3, F, size, size)
+
+
 def reconstruction_loss(
     ae: VideoAutoencoder, clips: Tensor, cfg: AELossSection, generator: torch.Generator
 ) -> tuple[Tensor, dict[str, float]]:
     """The training objective on one batch; returns the loss and its parts for the log."""
+    if cfg.crop and cfg.crop < max(clips.shape[-2:]):
+        clips = random_crops(clips, cfg.crop, ae.cfg.spatial_factor, generator)
     z = ae.encoder(clips, None)  # raw latents (B, C, F/tc, H/s, W/s), before normalization
     noise = torch.randn(z.shape, generator=generator).to(z.device)
     recon = ae.decoder(z + cfg.latent_noise * noise, None)  # (B, 3, F, H, W)
@@ -150,8 +171,27 @@ def evaluate(ae: VideoAutoencoder, clips: Tensor, batch: int) -> float:
     return sum(scores) / len(scores)
 
 
+@torch.no_grad()
+def flat_colour_error(ae: VideoAutoencoder, size: int = 64, frames: int = 8) -> float:
+    """Worst colour shift, in 8-bit levels, of a flat patch after a round trip.
+
+    Patches of every `training.scenes.COLORS` colour and five grays; the error is the
+    per-channel mean over the patch's centre (away from borders), worst channel and colour.
+    """
+    from training.scenes import COLORS
+
+    values = [*COLORS.values(), *[(g, g, g) for g in (0, 64, 128, 192, 255)]]
+    tc = ae.cfg.temporal_factor
+    x = torch.tensor(values, dtype=ae.dtype, device=ae.latent_scale.device) / 127.5 - 1
+    x = x.view(-1, 3, 1, 1, 1).expand(-1, 3, -(-frames // tc) * tc, size, size).contiguous()
+    y = ae.decode(ae.encode(x)).clamp(-1, 1)
+    q = size // 4
+    shift = (y - x)[..., q:-q, q:-q].mean(dim=(2, 3, 4))  # (colours, 3)
+    return shift.abs().max().item() * 127.5
+
+
 def train_autoencoder(cfg: AETrainConfig) -> dict:
-    with distributed.session(cfg.run.device, cfg.run.threads) as env:
+    with session(cfg.run) as env:
         return _train(cfg, env)
 
 
@@ -164,28 +204,16 @@ def _train(cfg: AETrainConfig, env: distributed.DistEnv) -> dict:
             f"run.frames ({cfg.run.frames}) and data.size ({cfg.data.size}) must be multiples of "
             f"{ae_cfg.temporal_factor} and {ae_cfg.spatial_factor}"
         )
-    if cfg.optim.batch_size % env.world:
-        raise ConfigError(f"optim.batch_size must divide over {env.world} processes")
-    out, device = Path(cfg.run.out_dir), env.device
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    per_rank = cfg.optim.batch_size // env.world
+    per_rank = per_rank_batch(cfg.optim.batch_size, env)
+    run = Harness(cfg.run.out_dir, env, to_dict(cfg), Cadence.of(cfg.run))
+    device = env.device
 
     torch.manual_seed(cfg.run.seed)
     with torch.device(device):
         ae = VideoAutoencoder(ae_cfg)
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    step = 0
-    resume = latest_state(out)
-    # Before loading, which is collective under FSDP: a rank that sees no checkpoint (an
-    # out_dir not shared between nodes) would start over and hang or silently diverge.
-    distributed.check_same(state_step(resume), "the checkpoint step to resume from", env)
-    if resume is not None:
-        step = load_state(resume, ae, opt, None)
+    step = run.resume(ae, opt, None)
     end = min(cfg.optim.steps, cfg.run.max_steps or cfg.optim.steps)
-    log = JsonlLog(out / "log.jsonl", env.is_main)
-    log.rewind(step)
 
     data = build_dataset(cfg.data, cfg.run.frames, cfg.data.size, cfg.run.seed)
     held_out = build_dataset(cfg.data, cfg.run.frames, cfg.data.size, cfg.run.seed + 104_729)
@@ -198,60 +226,40 @@ def _train(cfg: AETrainConfig, env: distributed.DistEnv) -> dict:
         sampler=StepSampler(per_rank, env.rank, env.world, start_step=step),
     )
     batches = iter(loader)
-    bar = tqdm(total=end, initial=step, disable=not (env.is_main and cfg.run.progress))
+    run.start(end)
     last: dict = {"step": step}
-    tic, count = time.perf_counter(), 0
-    while step < end:
+    while run.step < end:
         clips, _ = next(batches)
         clips = clips.to(device, non_blocking=True)
-        gen = step_generator(cfg.run.seed, step, env.rank)
-        lr = cfg.optim.lr * min(1.0, (step + 1) / max(cfg.optim.warmup, 1))
-        for group in opt.param_groups:
-            group["lr"] = lr
+        gen = step_generator(cfg.run.seed, run.step, env.rank)
+        lr = warmup_lr(cfg.optim.lr, run.step, cfg.optim.warmup)
         loss, parts = reconstruction_loss(ae, clips, cfg.loss, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if env.distributed:
-            # Plain all-reduce rather than DDP: the loss calls the encoder and decoder
-            # directly (raw latents), which DDP's forward hook would not see.
-            for p in ae.parameters():
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= env.world
-        torch.nn.utils.clip_grad_norm_(ae.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        step, count = step + 1, count + 1
-        bar.update(1)
-        if step % cfg.run.log_every == 0 or step == end:
-            elapsed = time.perf_counter() - tic
+        # Gradients averaged by hand rather than DDP: the loss calls the encoder and decoder
+        # directly (raw latents), which DDP's forward hook would not see.
+        optimizer_step(loss, ae, opt, lr, cfg.optim.grad_clip, average_over=env)
+        run.tick()
+        if run.log_due():
+            elapsed, count = run.window()
             last = {
-                "step": step,
+                "step": run.step,
                 "loss": distributed.all_mean(loss.item(), env),
                 "lr": lr,
                 **parts,
                 "clips_per_s": count * cfg.optim.batch_size / elapsed,
             }
-            if step % cfg.run.eval_every == 0 or step == end:
+            if run.step % cfg.run.eval_every == 0 or run.step == end:
                 last["psnr_heldout"] = evaluate(ae, eval_clips, per_rank)
-            log.write(last)
-            bar.set_postfix(loss=f"{last['loss']:.4f}", psnr=last.get("psnr_heldout", ""))
-            tic, count = time.perf_counter(), 0
-        if step % cfg.run.ckpt_every == 0 or step == end:
+            run.write(last, loss=f"{last['loss']:.4f}", psnr=last.get("psnr_heldout", ""))
+        if run.checkpoint_due():
             ae.calibrate(calib_clips)  # deterministic: the same clips on every rank
-            save_state(
-                state_path(out, step),
-                ae,
-                opt,
-                None,
-                step,
-                to_dict(cfg),
-                env.is_main,
-                cfg.run.keep_checkpoints,
-            )
-            if env.is_main:
-                ae.save(out / "autoencoder.safetensors", {"step": str(step)})
+
+            def export() -> None:
+                if env.is_main:
+                    ae.save(run.out / "autoencoder.safetensors", {"step": str(run.step)})
+
+            run.checkpoint(ae, opt, None, export)
     del batches
-    bar.close()
+    run.close()
     return last
 
 

@@ -3,9 +3,11 @@ import torch
 
 from model.partition import (
     PartitionScheme,
+    buffer_steps,
     chunk_size_choices,
     sample_chunk_times,
     sample_mixed_times,
+    step_times,
 )
 
 SCHEMES = [
@@ -119,3 +121,28 @@ def test_mixed_sampler_draws_every_size_with_its_own_bands():
 def test_bad_scheme_is_refused_with_values():
     with pytest.raises(ValueError, match="N=0"):
         PartitionScheme(0, 0, 1, 1)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=str)
+def test_a_shortened_buffer_is_the_clean_end_of_the_full_one(scheme):
+    k, c = scheme.ref_frames, scheme.chunk_size
+    for stages in range(1, scheme.chunks + 1):
+        for m in range(scheme.micro_steps):
+            full, short = buffer_steps(scheme, m), buffer_steps(scheme, m, stages)
+            assert torch.equal(short[:k], full[:k])
+            assert torch.equal(short[k:], full[k : k + stages * c])  # the oldest chunks
+    with pytest.raises(ValueError, match="stages"):
+        buffer_steps(scheme, 0, scheme.chunks + 1)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES, ids=str)
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_micro_steps_tile_the_stage_a_one_step_student_crosses(scheme, shift):
+    s = scheme.micro_steps
+    steps = [step_times(scheme, m, shift=shift) for m in range(s)]
+    for (_, after), (before, _) in zip(steps[:-1], steps[1:], strict=True):
+        assert torch.equal(after, before)  # each micro step starts where the last ended
+    student = PartitionScheme(scheme.ref_frames, scheme.chunks, scheme.chunk_size, 1)
+    start, end = step_times(student, 0, shift=shift)
+    assert torch.allclose(steps[0][0], start) and torch.allclose(steps[-1][1], end)
+    assert torch.all(start[: scheme.ref_frames] == 1) and torch.all(end >= start)

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import load_streamdit, read_metadata
+from model.autoencoder import AE_CONFIGS, VideoAutoencoder
+from model.bundle import load_bundle, pack
+from model.checkpoint import CheckpointError, load_streamdit, read_metadata
 from model.config import CONFIGS
 from model.dit import StreamDiT
 from training.config import load_config
@@ -70,6 +72,18 @@ def test_outputs_log_and_loadable_export(tmp_path):
         and read_metadata(out / "streamdit_ema.safetensors")["step"] == "2"
     )
     assert len(list((out / "checkpoints").glob("state-*.safetensors"))) == 1
+
+
+def test_a_run_packs_into_a_bundle_with_the_autoencoder_it_trained_on(tmp_path):
+    out = tmp_path / "run"
+    train(load_config(TINY, [*QUIET, "run.max_steps=1", f"run.out_dir={out}"]))
+    dit, ae = out / "streamdit_ema.safetensors", out / "autoencoder.safetensors"
+    bundle = load_bundle(pack(dit, ae, tmp_path / "tiny.safetensors"))
+    assert bundle.info.text_encoder.is_stub  # tiny.toml trains on the hash stub
+    assert bundle.trained_sizes == ((64, 64),)  # data.size
+    other = VideoAutoencoder(AE_CONFIGS["tiny"]).save(tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match="autoencoder"):
+        pack(dit, other, tmp_path / "mixed.safetensors")
 
 
 def test_learning_rate_schedule_is_per_stage_warmup():

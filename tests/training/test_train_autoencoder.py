@@ -40,3 +40,34 @@ def test_trains_logs_psnr_and_saves_a_calibrated_autoencoder(tmp_path):
     clips = torch.stack([SyntheticScenes(8, 64, seed=5)[i][0] for i in range(4)])
     z = ae.encode(clips)
     assert 0.3 < z.std().item() < 3.0
+
+
+def test_random_crops_are_aligned_and_deterministic():
+    from training.train_autoencoder import random_crops
+
+    clips = torch.arange(2 * 3 * 4 * 32 * 48, dtype=torch.float32).view(2, 3, 4, 32, 48)
+    crops = random_crops(clips, 16, 8, torch.Generator().manual_seed(0))
+    assert crops.shape == (2, 3, 4, 16, 16)
+    again = random_crops(clips, 16, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(crops, again)
+    for clip, crop in zip(clips, crops, strict=True):
+        flat = clip[0, 0].flatten().tolist()
+        top, left = divmod(flat.index(crop[0, 0, 0, 0].item()), 48)
+        assert top % 8 == 0 and left % 8 == 0  # on the latent grid
+        assert torch.equal(crop, clip[..., top : top + 16, left : left + 16])
+
+
+def test_flat_colour_error_reads_a_colour_shift_in_levels():
+    from model.autoencoder import AE_CONFIGS
+    from training.train_autoencoder import flat_colour_error
+
+    ae = VideoAutoencoder(AE_CONFIGS["tiny"]).eval()
+    with torch.no_grad():
+        for p in ae.parameters():
+            p.zero_()
+        ae.encoder.add_shortcuts()
+        ae.decoder.add_shortcuts()
+    assert flat_colour_error(ae) < 0.01  # the shortcut codec keeps flat colours exactly
+    with torch.no_grad():
+        ae.decoder.head.bias.fill_(10 / 127.5)  # every pixel 10 levels brighter
+    assert math.isclose(flat_colour_error(ae), 10.0, abs_tol=0.01)
