@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from training.data import SyntheticScenes
-from training.scenes import COLORS, Direction
+from training.scenes import COLORS, Direction, held_out_shape, plan_scene
 
 PALETTE = np.array(list(COLORS.values()), np.float32)  # (K, 3)
 NAMES = list(COLORS)
@@ -94,3 +94,14 @@ def test_caption_articles_agree_with_the_next_word():
     assert any(" orange " in c for c in captions)
     for caption in captions:
         assert not re.search(r"\ba [aeiou]", caption), caption
+
+
+def test_training_never_draws_a_held_out_shape():
+    rng = np.random.default_rng(0)
+    drawn = set()
+    for _ in range(2000):
+        for obj in plan_scene(rng, frames=16).objects:
+            assert obj.shape != held_out_shape(obj.color, obj.direction), obj
+            drawn.add((obj.color, obj.direction, obj.shape))
+    # Everything else still appears: 9 colours x 4 directions x 7 remaining shapes.
+    assert len(drawn) == len(COLORS) * len(Direction) * 7
