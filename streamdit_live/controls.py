@@ -96,7 +96,7 @@ class Control:
         return f"a number from {self.low:g} to {self.high:g}"
 
     def _reject(self, value: object) -> ControlError:
-        return ControlError(f"{self.name} must be {self.allowed}, got {value!r}.")
+        return ControlError(f"{self.name} must be {self.allowed}, got {_quote(value)}.")
 
     def check(self, value: object) -> Any:
         """Return `value` as this control's type, or raise ControlError.
@@ -128,6 +128,12 @@ class Control:
             return self.check(value)
         except ControlError:
             raise self._reject(text) from None  # quote what the user typed, not 2.0 for "2"
+
+
+def _quote(value: object, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters: an error must not echo a 16 KiB prompt."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]} [cut, {len(text)} characters]"
 
 
 def _as_str(spec: Control, value: object) -> str:
@@ -268,14 +274,19 @@ class Controls:
     model: str = _control(
         str,
         "tiny",
-        "Model size: tiny (real time on 2 CPU cores), cpu (bigger, for a GPU), 4b (paper scale).",
+        "Model size: tiny (0.17 M parameters; 30 fps at 256x256 on 2 CPU cores), cpu (8.2 M; "
+        "24 fps on 2 CPU cores in video mode with 2-frame chunks, see preset detail; text mode "
+        "wants a GPU), 4b (the paper's scale, 4 B parameters: a large GPU, with --weights trained "
+        "by training/configs/4b.toml).",
         choices=MODEL_CHOICES,
         scope=Scope.STARTUP,
     )
     size: Size = _control(
         Size,
         Size(256, 256),
-        "Output frame size WxH.",
+        "The model's frame size WxH, not the output's (see --out-size): sources are scaled and "
+        "center-cropped to it and the model generates at it, on a latent 8x smaller per side; "
+        "larger sizes cost more time per frame.",
         low=32,
         high=2048,
         multiple_of=32,
@@ -359,3 +370,54 @@ def prompt_mix(controls: Controls) -> PromptMix:
     a = controls.prompt_a or controls.prompt
     b = controls.prompt_b or a
     return PromptMix(a, b, controls.crossfade if b != a else 0.0)
+
+
+# --- the prompt state ------------------------------------------------------------------------
+#
+# Four controls make the text conditioning: `prompt`, the A/B deck `prompt_a` / `prompt_b`,
+# and `crossfade` between them (`prompt_mix` above says how). Two rules keep every change to
+# them visible, so that no message can be silently shadowed by an older one:
+#   1. A plain `prompt` (one that comes without prompt_a or prompt_b) means "show this": it
+#      ends A/B mixing (A and B emptied, crossfade back to 0), so the prompt is what is shown.
+#   2. A preset that sets any of the four replaces all four; those it leaves out take their
+#      defaults. A preset that sets none of them leaves the prompt state as it is.
+# A crossfade above 0 while there is no B (or B equals A) would change nothing: refused.
+
+PROMPT_STATE = ("prompt", "prompt_a", "prompt_b", "crossfade")
+_DECK = {"prompt_a": "", "prompt_b": "", "crossfade": 0.0}
+
+
+def end_ab_mixing(changes: Mapping[str, object]) -> dict[str, object]:
+    """`changes` completed by rule 1: a prompt without prompt_a or prompt_b ends A/B mixing."""
+    if "prompt" in changes and not changes.keys() & {"prompt_a", "prompt_b"}:
+        return {**_DECK, **changes}
+    return dict(changes)
+
+
+def check_prompt_effect(after: Controls, changes: Mapping[str, object]) -> None:
+    """Raise ControlError if `changes` set a crossfade above 0 that `after` (the controls
+    they lead to) gives nothing to blend: no prompt B, or a B equal to A. (0 is all A, which
+    is what is shown then: the value a preset or a plain prompt leaves.)"""
+    if not changes.get("crossfade"):
+        return
+    a = after.prompt_a or after.prompt
+    if (after.prompt_b or a) == a:
+        raise ControlError(
+            "crossfade has no effect without a prompt B that differs from A; "
+            "set prompt_b first (a plain prompt ends A/B mixing)."
+        )
+
+
+def prompt_changes(current: Controls, changes: Mapping[str, object]) -> dict[str, object]:
+    """`changes` (checked values) as the prompt rules make them, for controls now `current`;
+    ControlError for a crossfade that would have no effect."""
+    out = end_ab_mixing(changes)
+    check_prompt_effect(current.replace(out), out)
+    return out
+
+
+def preset_prompt_state(values: Mapping[str, object]) -> dict[str, object]:
+    """A preset's values completed by rule 2: all of the prompt state, or none of it."""
+    if not values.keys() & set(PROMPT_STATE):
+        return dict(values)
+    return {**{name: CONTROLS[name].default for name in PROMPT_STATE}, **values}

@@ -15,6 +15,8 @@ from streamdit_live.controls import (
     Scope,
     Size,
     check_changes,
+    preset_prompt_state,
+    prompt_changes,
     prompt_mix,
 )
 
@@ -96,6 +98,7 @@ def test_errors_name_the_control_the_value_and_what_is_allowed(name, value, allo
     assert allowed in message
     assert repr(value)[:20] in message
     assert message.endswith(".") and message.count(". ") == 0  # one sentence
+    assert len(message) < 200  # a 5000-character prompt is cut, not echoed whole
 
 
 @pytest.mark.parametrize(
@@ -161,3 +164,67 @@ def test_prompt_mix_rules():
 def test_startup_controls_are_the_ones_a_running_stream_cannot_change():
     startup = {n for n, c in CONTROLS.items() if c.scope is Scope.STARTUP}
     assert startup == {"model", "size", "fps"}
+
+
+def effective(controls: Controls) -> str:
+    return prompt_mix(controls).describe()
+
+
+def test_a_plain_prompt_ends_ab_mixing():
+    """Issue 8: after a preset set A and B, 375 prompts changed nothing (A shadowed them)."""
+    deck = Controls().replace({"prompt_a": "chrome", "prompt_b": "fire", "crossfade": 0.4})
+    changes = prompt_changes(deck, {"prompt": "rain"})
+    assert changes == {"prompt": "rain", "prompt_a": "", "prompt_b": "", "crossfade": 0.0}
+    assert effective(deck.replace(changes)) == "rain"
+    # The deck's own controls keep it going; a prompt that comes with A or B is part of it.
+    assert prompt_changes(deck, {"prompt_a": "ice"}) == {"prompt_a": "ice"}
+    assert prompt_changes(deck, {"crossfade": 1.0}) == {"crossfade": 1.0}
+    both = {"prompt": "rain", "prompt_b": "snow"}
+    assert prompt_changes(deck, both) == both
+
+
+def test_every_accepted_prompt_message_shows_in_the_effective_prompt():
+    """Whatever state came before, a plain prompt is what the status reports after it."""
+    states = [
+        Controls(),
+        Controls().replace({"prompt_b": "fire", "crossfade": 1.0}),
+        Controls().replace({"prompt_a": "a", "prompt_b": "b", "crossfade": 0.0}),
+        Controls().replace({"prompt_a": "a", "prompt_b": "b", "crossfade": 0.5}),
+    ]
+    for state in states:
+        after = state.replace(prompt_changes(state, {"prompt": "neon"}))
+        assert effective(after) == "neon"
+
+
+def test_a_crossfade_that_would_change_nothing_is_refused():
+    single = Controls().replace({"prompt": "fog"})
+    with pytest.raises(ControlError, match=r"^crossfade has no effect without a prompt B"):
+        prompt_changes(single, {"crossfade": 0.5})
+    same = single.replace({"prompt_b": "fog"})  # B equal to A: nothing to blend towards
+    with pytest.raises(ControlError, match="crossfade has no effect"):
+        prompt_changes(same, {"crossfade": 0.5})
+    # 0 is all A, which is what is shown: a preset or a plain prompt leaves it there.
+    assert prompt_changes(single, {"crossfade": 0.0}) == {"crossfade": 0.0}
+    # Together with a B in the same bundle it is fine, and so is B then crossfade.
+    assert prompt_changes(single, {"prompt_b": "fire", "crossfade": 0.5})["crossfade"] == 0.5
+    with_b = single.replace({"prompt_b": "fire"})
+    assert effective(with_b.replace(prompt_changes(with_b, {"crossfade": 0.5}))) == (
+        "fog -> fire @0.50"
+    )
+
+
+def test_a_preset_replaces_the_whole_prompt_state_or_none_of_it():
+    deck = Controls().replace({"prompt_a": "chrome", "prompt_b": "fire", "crossfade": 0.7})
+    look = preset_prompt_state({"prompt": "dream", "strength": 0.8})
+    assert look == {
+        "prompt": "dream",
+        "prompt_a": "",
+        "prompt_b": "",
+        "crossfade": 0.0,
+        "strength": 0.8,
+    }
+    assert effective(deck.replace(look)) == "dream"
+    ab = preset_prompt_state({"prompt_a": "x", "prompt_b": "y"})
+    assert ab["prompt"] == CONTROLS["prompt"].default and ab["crossfade"] == 0.0
+    # A preset with no prompt at all (a performance preset) leaves the look alone.
+    assert preset_prompt_state({"strength": 0.3}) == {"strength": 0.3}

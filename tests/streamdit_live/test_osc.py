@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import shutil
 import socket
+import struct
 import subprocess
 from collections.abc import Iterator, Mapping
 
@@ -12,13 +14,15 @@ import pytest
 from pythonosc.osc_message import OscMessage
 from pythonosc.udp_client import SimpleUDPClient
 
-from streamdit_live.controls import ControlError
+from streamdit_live.controls import ControlError, Controls, check_prompt_effect, prompt_mix
 from streamdit_live.metrics import StreamStatus
 from streamdit_live.osc import (
     ERROR_ADDRESS,
+    Cause,
     OscConfig,
     OscRejected,
     OscServer,
+    RejectLog,
     build_message,
     control_addresses,
     parse_host_port,
@@ -28,12 +32,17 @@ TIMEOUT = 5.0
 
 
 class Recorder:
-    """A ControlTarget that hands every call to the test through a queue."""
+    """A ControlTarget that keeps and checks the controls as the engine does and hands every
+    applied call to the test through a queue."""
 
     def __init__(self) -> None:
         self.calls: queue.Queue[tuple[str, dict]] = queue.Queue()
+        self.controls = Controls()
 
     def apply(self, changes: Mapping[str, object]) -> None:
+        after = self.controls.replace(changes)
+        check_prompt_effect(after, changes)  # as Engine.apply does
+        self.controls = after
         self.calls.put(("apply", dict(changes)))
 
     def reset(self) -> None:
@@ -43,10 +52,18 @@ class Recorder:
         return self.calls.get(timeout=TIMEOUT)
 
 
+PRESETS = {
+    "calm": {"strength": 0.2, "prompt": "calm sea"},
+    "deck": {"prompt_a": "liquid chrome", "prompt_b": "embers", "crossfade": 0.0},
+    "fast": {"strength": 0.4},
+}
+ENDED_DECK = {"prompt_a": "", "prompt_b": "", "crossfade": 0.0}  # what a plain prompt adds
+
+
 def load_preset(name: str) -> Mapping[str, object]:
-    if name == "calm":
-        return {"strength": 0.2, "prompt": "calm sea"}
-    raise ValueError(f"unknown preset {name!r}; available presets: calm.")
+    if name in PRESETS:
+        return PRESETS[name]
+    raise ValueError(f"unknown preset {name!r}; available presets: calm, deck, fast.")
 
 
 @pytest.fixture
@@ -106,7 +123,7 @@ def test_binds_to_localhost_by_default(server):
 def test_python_osc_client_sets_every_kind_of_control(server, recorder):
     client = SimpleUDPClient(*server.address)
     client.send_message("/streamdit/prompt", "a forest in fog")
-    assert recorder.next() == ("apply", {"prompt": "a forest in fog"})
+    assert recorder.next() == ("apply", {"prompt": "a forest in fog", **ENDED_DECK})
     client.send_message("/streamdit/prompt/b", "a desert")
     assert recorder.next() == ("apply", {"prompt_b": "a desert"})
     client.send_message("/streamdit/crossfade", 1)  # an int for a float, as TouchOSC sends
@@ -121,44 +138,194 @@ def test_python_osc_client_sets_every_kind_of_control(server, recorder):
     client.send_message("/streamdit/pause", 1)
     assert recorder.next() == ("apply", {"pause": True})
     client.send_message("/streamdit/preset", "calm")
-    assert recorder.next() == ("apply", {"strength": 0.2, "prompt": "calm sea"})
+    assert recorder.next() == ("apply", {"strength": 0.2, "prompt": "calm sea", **ENDED_DECK})
     client.send_message("/streamdit/reset", [])
     assert recorder.next() == ("reset", {})
+
+
+def pad(text: bytes) -> bytes:
+    """An OSC string: NUL-terminated and NUL-padded to a multiple of 4 bytes."""
+    return text + b"\0" * (4 - len(text) % 4)
+
+
+def raw(address: str, tags: str, payload: bytes = b"") -> bytes:
+    return pad(address.encode()) + pad(tags.encode()) + payload
+
+
+def bundle(*elements: bytes) -> bytes:
+    out = b"#bundle\0" + struct.pack(">Q", 1)  # time tag 1: immediately
+    for element in elements:
+        out += struct.pack(">i", len(element)) + element
+    return out
+
+
+def nested(depth: int) -> bytes:
+    """A seed message inside `depth` bundles."""
+    packet = build_message("/streamdit/seed", 3)
+    for _ in range(depth):
+        packet = bundle(packet)
+    return packet
 
 
 @pytest.mark.parametrize(
     ("payload", "expected"),
     [
         (b"\x00\xffgarbage\x13\x37", "not a valid OSC packet"),
-        (b"/streamdit/prompt\x00\x00\x00,s\x00\x00\xff\xfe\x00\x00", "not a valid OSC packet"),
+        (b"/streamdit/prompt\x00\x00\x00,s\x00\x00\xff\xfe\x00\x00", "not UTF-8"),
         (b"x" * 20000, "over the 16384-byte limit"),
-        (build_message("/streamdit/strength", "loud"), "strength must be a number from 0 to 1"),
+        # Issue 8: each of these used to be applied (pause on, strength 0.0, a reset).
+        (raw("/streamdit/pause", ",ST", b"\x13\x37junk"), "type tag 'S' is not used"),
+        (raw("/streamdit/strength", ",f", b"\x3f\x40"), "needs 4 bytes, 2 left"),
+        (build_message("/streamdit/reset", 1), "/streamdit/reset takes no arguments, got ',i'"),
+        (raw("/streamdit/reset", ",", b"JUNK"), "4 bytes after the arguments"),
+        (raw("/streamdit/seed", ",i", struct.pack(">i", 7) + b"JUNK"), "4 bytes after"),
+        (raw("/streamdit/strength", ",ff", struct.pack(">f", 0.3)), "argument 2 (f) needs"),
+        (pad(b"/streamdit/seed") + struct.pack(">i", 9), "missing the type tag string"),
+        (b"/streamdit/prompt\0xy" + pad(b",s") + b"fog\0", "not padded with NUL bytes"),
+        (raw("/streamdit/seed", ",b", b"\0\0\0\0"), "type tag 'b' is not used"),
+        (b"#bundle\0" + struct.pack(">Q", 1), "empty bundle"),
+        (bundle(build_message("/streamdit/seed", 1))[:-4], "does not fit"),
+        (nested(9), "bundles may nest at most 8 deep"),
+        (nested(700), "bundles may nest at most 8 deep"),  # was a RecursionError traceback
+        # Well-formed, but not what the schema declares for the address.
+        (build_message("/streamdit/strength", "loud"), "strength takes one argument of type f"),
         (build_message("/streamdit/strength", 3.0), "got 3.0"),
+        (build_message("/streamdit/strength", True), "type f (or d, i, h), got ',T'"),
+        (build_message("/streamdit/pause", "yes"), "pause takes one argument of type T"),
+        (build_message("/streamdit/pause", 2), "pause must be true or false"),
         (build_message("/streamdit/seed", 2.5), "seed must be an integer"),
-        (build_message("/streamdit/mode", 1), "mode must be one of video, text"),
-        (build_message("/streamdit/prompt", 5), "prompt must be text"),
-        (build_message("/streamdit/crossfade"), "takes exactly one argument, got 0"),
-        (build_message("/streamdit/crossfade", 0.1, 0.2), "takes exactly one argument, got 2"),
-        (build_message("/streamdit/nope", 1), "unknown address '/streamdit/nope'"),
+        (build_message("/streamdit/mode", 1), "mode takes one argument of type s"),
+        (build_message("/streamdit/prompt", 5), "prompt takes one argument of type s"),
+        (build_message("/streamdit/prompt", "x" * 2000), "at most 1000 characters"),
+        (build_message("/streamdit/crossfade"), "got ','"),
+        (build_message("/streamdit/crossfade", 0.1, 0.2), "got ',ff'"),
+        (build_message("/streamdit/crossfade", 0.5), "crossfade has no effect without"),
+        (build_message("/streamdit/nope", 1), "unknown address /streamdit/nope"),
         (build_message("/streamdit/size", "512x512"), "unknown address"),
         (build_message("/streamdit/preset", "stormy"), "unknown preset 'stormy'"),
+        (build_message("/streamdit/preset", 3), "takes a preset name (s), got ',i'"),
     ],
 )
-def test_bad_packets_get_an_error_reply_and_the_server_keeps_running(
+def test_bad_packets_get_an_error_reply_and_change_nothing(
     server, recorder, peer, payload, expected
 ):
+    before = recorder.controls
     peer.sendto(payload, server.address)
     reply = receive(peer, ERROR_ADDRESS)
     assert expected in reply.params[0]
-    assert recorder.calls.empty()  # nothing was applied
+    assert len(reply.params[0]) <= 300  # never an echo of a 16 KiB packet
+    assert recorder.calls.empty()  # nothing was applied, no reset
+    assert recorder.controls == before
     # Still alive: a good message right after is applied.
     peer.sendto(build_message("/streamdit/seed", 5), server.address)
     assert recorder.next() == ("apply", {"seed": 5})
-    assert server.rejected >= 1
+    assert server.rejected == 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (raw("/streamdit/pause", ",T"), {"pause": True}),
+        (raw("/streamdit/pause", ",F"), {"pause": False}),
+        (build_message("/streamdit/pause", 1.0), {"pause": True}),
+        (raw("/streamdit/seed", ",h", struct.pack(">q", 77)), {"seed": 77}),
+        (raw("/streamdit/strength", ",d", struct.pack(">d", 0.125)), {"strength": 0.125}),
+        (build_message("/streamdit/seed", 42.0), {"seed": 42}),
+        (nested(7), {"seed": 3}),  # 7 bundles around it: within the limit of 8
+        (pad(b"/streamdit/reset"), "reset"),  # no type tag string: OSC 1.0 for no arguments
+    ],
+)
+def test_well_formed_variants_senders_use_are_applied(server, recorder, payload, expected):
+    server.handle_packet(payload)
+    kind, changes = recorder.next()
+    assert changes == expected if kind == "apply" else kind == expected
+
+
+def test_a_crossfade_after_b_is_set_and_a_prompt_ends_the_deck(server, recorder):
+    """The A/B model over OSC: B then crossfade blends; a plain prompt ends the blend."""
+    server.handle_packet(build_message("/streamdit/prompt", "fog"))
+    server.handle_packet(build_message("/streamdit/prompt/b", "fire"))
+    server.handle_packet(build_message("/streamdit/crossfade", 0.5))
+    assert prompt_mix(recorder.controls).describe() == "fog -> fire @0.50"
+    server.handle_packet(build_message("/streamdit/prompt", "rain"))
+    assert prompt_mix(recorder.controls).describe() == "rain"
+    assert recorder.controls.crossfade == 0.0 and not recorder.controls.prompt_b
+
+
+def test_a_prompt_after_an_ab_preset_takes_effect(server, recorder):
+    """Issue 8: after the vj-crossfade preset, /streamdit/prompt changed nothing, 375 times."""
+    server.handle_packet(build_message("/streamdit/preset", "deck"))
+    assert prompt_mix(recorder.controls).describe() == "liquid chrome"
+    for i in range(20):
+        server.handle_packet(build_message("/streamdit/prompt", f"scene {i}"))
+        assert prompt_mix(recorder.controls).describe() == f"scene {i}"
+    # And a preset replaces the whole prompt state instead of merging into the deck.
+    server.handle_packet(build_message("/streamdit/preset", "deck"))
+    server.handle_packet(build_message("/streamdit/crossfade", 1.0))
+    server.handle_packet(build_message("/streamdit/preset", "calm"))
+    assert prompt_mix(recorder.controls).describe() == "calm sea"
+    # A preset with no prompt in it keeps the look on screen.
+    server.handle_packet(build_message("/streamdit/preset", "fast"))
+    assert prompt_mix(recorder.controls).describe() == "calm sea"
+    assert recorder.controls.strength == 0.4
+
+
+def test_a_flood_of_bad_packets_logs_a_line_per_cause_not_per_packet(
+    server, recorder, peer, caplog
+):
+    """Issue 8: 100,000 bad packets wrote 70-122 MB to stderr, with a traceback for every
+    deeply nested bundle. Each packet still gets its reply; the log gets one line per cause
+    (then a count per period, flushed at the latest when the server stops)."""
+    kinds = [
+        b"\x00\xffgarbage",
+        raw("/streamdit/strength", ",f", b"\x3f\x40"),
+        build_message("/streamdit/reset", 1),
+        build_message("/streamdit/nope", 1),
+        build_message("/streamdit/strength", 3.0),
+        nested(600),
+    ]
+    rounds = 200
+    with caplog.at_level(logging.INFO, logger="streamdit_live.osc"):
+        for _ in range(rounds):
+            for payload in kinds:
+                peer.sendto(payload, server.address)
+            for _ in kinds:  # one reply per packet; waiting for them paces the sender
+                receive(peer, ERROR_ADDRESS)
+        server.stop()
+    assert server.rejected == rounds * len(kinds)
+    assert recorder.calls.empty()
+    lines = [r for r in caplog.records if r.name == "streamdit_live.osc"]
+    assert len(lines) <= 2 * len(kinds)  # the first of each cause, then one count each
+    assert not any(r.exc_info for r in lines)  # no traceback
+    assert sum(len(r.getMessage()) for r in lines) < 4000
+    counted = "\n".join(r.getMessage() for r in lines)
+    assert f"refused {rounds - 1} more bundles nested too deep" in counted
+
+
+def test_the_reject_log_is_rate_limited_per_cause():
+    log = RejectLog(period=10.0)
+    assert log.note(Cause.MALFORMED, "junk", now=0.0)  # the first is logged at once
+    assert log.note(Cause.TOO_DEEP, "deep", now=0.5)  # another cause has its own window
+    assert not any(log.note(Cause.MALFORMED, f"junk {i}", now=1.0) for i in range(1000))
+    assert log.due(now=9.9) == []
+    (line,) = log.due(now=10.0)
+    assert line.startswith("refused 1000 more malformed packets in the last 10 s")
+    assert line.endswith("(the last: junk 999)")
+    # Still coming: counted in the next window, not logged again one by one.
+    assert not log.note(Cause.MALFORMED, "junk", now=11.0)
+    assert log.due(now=20.0) == [
+        "refused 1 more malformed packets in the last 10 s (the last: junk)"
+    ]
+    # Quiet for a whole period: the window closes and the next one is logged at once.
+    assert log.due(now=30.0) == []
+    assert log.note(Cause.MALFORMED, "junk again", now=31.0)
+    assert log.due(now=31.0, final=True) == []  # nothing counted since: no line
 
 
 def test_a_burst_arrives_whole_and_in_order(server, recorder):
     client = SimpleUDPClient(*server.address)
+    client.send_message("/streamdit/prompt/b", "fire")  # a crossfade needs a B to blend to
+    assert recorder.next() == ("apply", {"prompt_b": "fire"})
     count = 300
     for i in range(count):
         client.send_message("/streamdit/crossfade", i / count)
@@ -215,18 +382,19 @@ def test_a_value_the_engine_refuses_is_a_user_error_not_an_internal_one():
 def test_a_bundle_applies_whole_in_one_call_or_not_at_all(recorder):
     from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 
-    def bundle(*messages: tuple[str, object]) -> bytes:
+    def of(*messages: tuple[str, object]) -> bytes:
+        """A bundle as python-osc builds it."""
         builder = OscBundleBuilder(IMMEDIATELY)
         for address, value in messages:
             builder.add_content(OscMessage(build_message(address, value)))
         return builder.build().dgram
 
     srv = OscServer(OscConfig(port=0), recorder, load_preset)
-    srv.handle_packet(bundle(("/streamdit/prompt", "fog"), ("/streamdit/strength", 0.5)))
-    assert recorder.next() == ("apply", {"prompt": "fog", "strength": 0.5})  # exact in float32
+    srv.handle_packet(of(("/streamdit/prompt", "fog"), ("/streamdit/strength", 0.5)))
+    assert recorder.next() == ("apply", {"prompt": "fog", **ENDED_DECK, "strength": 0.5})
     assert recorder.calls.empty()  # one call, not two
     with pytest.raises(OscRejected, match="strength"):  # one bad message spoils the bundle
-        srv.handle_packet(bundle(("/streamdit/prompt", "rain"), ("/streamdit/strength", 7.0)))
+        srv.handle_packet(of(("/streamdit/prompt", "rain"), ("/streamdit/strength", 7.0)))
     assert recorder.calls.empty()
     srv.stop()
 
@@ -280,13 +448,16 @@ def test_parse_host_port():
 def test_oscsend_from_liblo_tools(server, recorder):
     host, port = server.address
     for args, expected in (
-        (["/streamdit/prompt", "s", "neon rain"], {"prompt": "neon rain"}),
+        (["/streamdit/prompt", "s", "neon rain"], {"prompt": "neon rain", **ENDED_DECK}),
         (["/streamdit/strength", "f", "0.75"], {"strength": 0.75}),
         (["/streamdit/strength", "i", "1"], {"strength": 1.0}),
         (["/streamdit/pause", "T"], {"pause": True}),
+        (["/streamdit/pause", "F"], {"pause": False}),
     ):
         subprocess.run(["oscsend", host, str(port), *args], check=True, timeout=TIMEOUT)
         assert recorder.next() == ("apply", expected)
+    subprocess.run(["oscsend", host, str(port), "/streamdit/reset"], check=True, timeout=TIMEOUT)
+    assert recorder.next() == ("reset", {})  # liblo sends ',' and no arguments
 
 
 def test_the_docs_list_every_address():
