@@ -15,10 +15,11 @@ import sys
 
 import torch
 
-from streamdit_live.controls import Controls, Mode, Size
+from streamdit_live.controls import Controls
 from streamdit_live.metrics import STAGES
+from streamdit_live.plans import PlanKind, plan_from_args
 from streamdit_live.presets import PresetLibrary
-from streamdit_live.session import Session, SessionPlan
+from streamdit_live.session import Session
 from streamdit_live.sinks import check_folder
 
 
@@ -47,26 +48,11 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_bench(
-    args: argparse.Namespace, controls: Controls, out_size: Size | None, library: PresetLibrary
-) -> int:
+def run_bench(args: argparse.Namespace, controls: Controls, library: PresetLibrary) -> int:
     if args.json is not None:  # fail now, not after the whole run
         check_folder(args.json, "--json file")
-    source = args.source
-    if source is None and controls.mode is Mode.VIDEO:
-        source = "demo"
-    plan = SessionPlan(
-        controls=controls,
-        source=source,
-        outputs=tuple(args.out),
-        out_size=out_size,
-        out_fit=args.out_fit,
-        device=args.device,
-        threads=args.threads,
-        weights=tuple(args.weights),
-        seconds=args.seconds,
-        require_output=False,
-    )
+    plan = plan_from_args(args, controls, PlanKind.BENCH)
+    source = plan.source
     result = Session(plan, library).run()
     result.update(
         source=source or "none",

@@ -1,8 +1,12 @@
-"""`streamdit-live`: run the live pipeline headless, benchmark it, list presets.
+"""`streamdit-live`: the control app, or the live pipeline headless; benchmark; presets.
+
+With no arguments it opens the control app (`gui`) where a display exists, and otherwise
+says so in one sentence and runs `run` with the live defaults.
 
 Control flags (--prompt, --strength, ...) are generated from the control schema, so their
-types, ranges and help are the ones OSC and presets use. A user mistake prints one sentence
-and exits with status 2; torch is imported only by the commands that stream.
+types, ranges and help are the ones OSC and presets use. A user mistake (a bad flag, or a
+source, OSC port or output that does not work here) prints one sentence and exits with
+status 2; torch is imported only by the commands that stream.
 """
 
 from __future__ import annotations
@@ -19,19 +23,26 @@ from pathlib import Path
 import cv2
 
 from streamdit_live.controls import CONTROLS, ControlError, Controls, Mode, Size
-from streamdit_live.osc import DEFAULT_PORT, OscConfig, parse_host_port
+from streamdit_live.osc import DEFAULT_PORT, parse_host_port
+from streamdit_live.plans import (
+    LIVE_OUTPUTS,
+    LIVE_SOURCE,
+    OUT_SIZE_MODEL,
+    PlanKind,
+    plan_from_args,
+)
 from streamdit_live.presets import PresetError, PresetLibrary, to_toml
 from streamdit_live.sinks import VIRTUALCAM_SIZE, OutputFit, parse_out_size
 
 PROG = "streamdit-live"
-LIVE_SOURCE, FALLBACK_SOURCE = "webcam:0", "demo"
-LIVE_OUTPUTS = ("virtualcam", "window", "mjpeg:8090")
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 EXAMPLES = f"""\
 examples:
   {PROG}
-      live defaults: webcam:0 (or the demo) -> virtual camera + preview window + MJPEG on :8090
+      the control app; with no display, the live defaults: webcam:0 (or the demo) ->
+      virtual camera + preview window + MJPEG on :8090
+  {PROG} gui --model cpu --weights bundle.safetensors
   {PROG} run --source demo --out file:out.mp4 --seconds 10
   {PROG} run --source webcam:0 --out virtualcam --preset realtime --prompt "oil painting"
   {PROG} run --source demo --out file:hd.mp4 --out-size 1280x720 --size 448x256 --seconds 10
@@ -44,7 +55,7 @@ OSC: send /streamdit/prompt s, /streamdit/strength f, ... to 127.0.0.1:{DEFAULT_
 (docs/OSC.md lists every address). Presets live in presets/ and in your config folder.
 """
 
-_COMMANDS = ("run", "bench", "presets")
+_COMMANDS = ("run", "bench", "presets", "gui")
 _GLOBAL_FLAGS = ("-v", "-vv", "--verbose", "-q", "--quiet")
 # Control flags: every control except pause (a live toggle, not a start option).
 _FLAG_CONTROLS = tuple(name for name in CONTROLS if name != "pause")
@@ -80,9 +91,6 @@ def _host_port(text: str) -> tuple[str, int]:
         return parse_host_port(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-OUT_SIZE_MODEL = "model"  # --out-size model: the outputs open at the model's size
 
 
 def _out_size(text: str) -> object:
@@ -160,8 +168,9 @@ def _stream_options() -> argparse.ArgumentParser:
         type=Path,
         default=[],
         metavar="PATH",
-        help="a .safetensors checkpoint (DiT or autoencoder) or a folder of them; repeatable. "
-        "Without it the model has random weights and the output looks like noise.",
+        help="a model bundle (.safetensors, see docs/BUNDLES.md) or a folder holding one, or a "
+        "trained DiT and its autoencoder (give --weights twice). Without it the model has "
+        "random weights and the output looks like noise.",
     )
     return parent
 
@@ -172,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Real-time StreamDiT video effects for live streaming: a webcam, screen or "
         "file in, restyled by a streaming video diffusion model, out to a virtual camera, a "
         "recording, a preview window or an MJPEG stream; driven by presets and OSC. "
-        "Without a command it runs `run` with the live defaults.",
+        "Without arguments it opens the control app (`gui`) where a display exists, else "
+        "runs `run` with the live defaults; with options but no command it runs `run`.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -218,7 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         "then a summary line",
     )
     osc = run.add_argument_group("OSC control")
-    osc.add_argument("--osc-port", type=int, default=DEFAULT_PORT, metavar="P")
+    osc.add_argument(
+        "--osc-port",
+        type=int,
+        default=None,  # None: DEFAULT_PORT, and a busy one is only a warning (see _run)
+        metavar="P",
+        help=f"UDP port to listen on for /streamdit/... messages (default {DEFAULT_PORT})",
+    )
     osc.add_argument(
         "--osc-host",
         default="127.0.0.1",
@@ -248,17 +264,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=10.0, metavar="S", help="default 10")
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
 
+    gui = commands.add_parser(
+        "gui",
+        parents=[stream],
+        help="the control app: pick a source and a preset, watch input and output",
+        description="Open the control app. The options set where it starts (the model, its "
+        "weights, a preset); the app remembers your source, preset and outputs.",
+    )
+    gui.add_argument("--source", metavar="SRC", help="start with this source (default: the last)")
+    gui.add_argument(
+        "--osc-port",
+        type=int,
+        default=DEFAULT_PORT,
+        metavar="P",
+        help=f"UDP port for /streamdit/... messages (default {DEFAULT_PORT})",
+    )
+    gui.add_argument("--no-osc", action="store_true", help="do not listen for OSC")
+    gui.add_argument("--screenshot", type=Path, metavar="PNG", help=argparse.SUPPRESS)
+
     presets = commands.add_parser("presets", help="list or show presets")
     which = presets.add_subparsers(dest="presets_command", metavar="ACTION", required=True)
     which.add_parser("list", help="every preset, shipped and yours")
     show = which.add_parser("show", help="the values a preset runs with")
     show.add_argument("name", metavar="NAME")
     return parser
-
-
-def resolve_out_size(args: argparse.Namespace, controls: Controls) -> Size | None:
-    """The --out-size flag as a size; None leaves the default to the session."""
-    return controls.size if args.out_size == OUT_SIZE_MODEL else args.out_size
 
 
 def resolve_controls(args: argparse.Namespace, library: PresetLibrary) -> Controls:
@@ -292,29 +321,9 @@ def _stop_on_signals(stop) -> Iterator[None]:
 
 
 def _run(args: argparse.Namespace, library: PresetLibrary) -> int:
-    from streamdit_live.session import Session, SessionPlan
+    from streamdit_live.session import Session
 
-    controls = resolve_controls(args, library)
-    source = args.source
-    if source is None and controls.mode is Mode.VIDEO:
-        source = LIVE_SOURCE
-    plan = SessionPlan(
-        controls=controls,
-        source=source,
-        outputs=tuple(args.out or LIVE_OUTPUTS),
-        device=args.device,
-        threads=args.threads,
-        weights=tuple(args.weights),
-        frames=args.frames,
-        seconds=args.seconds,
-        metrics=args.metrics,
-        osc=None
-        if args.no_osc
-        else OscConfig(host=args.osc_host, port=args.osc_port, feedback=args.osc_feedback),
-        fallback_source=FALLBACK_SOURCE if args.source is None else None,
-        out_size=resolve_out_size(args, controls),
-        out_fit=args.out_fit,
-    )
+    plan = plan_from_args(args, resolve_controls(args, library), PlanKind.RUN)
     session = Session(plan, library)
     with _stop_on_signals(session.stop):
         summary = session.run()
@@ -358,8 +367,29 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+def display_problem() -> str | None:
+    """Why the control app cannot open here (one sentence), or None if it can."""
+    from importlib.util import find_spec
+
+    if find_spec("PyQt6") is None:
+        return "PyQt6 is not installed, so the control app cannot open"
+    if os.environ.get("QT_QPA_PLATFORM", "").startswith(("offscreen", "minimal")):
+        return "QT_QPA_PLATFORM asks for no display, so the control app does not open"
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return "No display was found (DISPLAY is not set), so the control app cannot open"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:  # the app where it can open, else the live defaults headless
+        problem = display_problem()
+        if problem is None:
+            argv = ["gui"]
+        else:
+            print(f"{PROG}: {problem}; running headless with the live defaults.", file=sys.stderr)
     # No command means `run` with the live defaults: `streamdit-live --preset dream` works.
     leading = 0
     while leading < len(argv) and argv[leading] in _GLOBAL_FLAGS:
@@ -373,6 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # OpenCV's own camera-probing warnings and the text encoder's weight-loading bar
         # would bury our one-sentence messages.
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        # FFmpeg's own lines ("moov atom not found" for a file that is not a video): read
+        # by OpenCV when it first opens a file, so this comes before any source opens.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     library = PresetLibrary.default()
     try:
@@ -381,11 +414,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             from streamdit_live.bench import run_bench
 
-            controls = resolve_controls(args, library)
-            return run_bench(args, controls, resolve_out_size(args, controls), library)
+            return run_bench(args, resolve_controls(args, library), library)
+        if args.command == "gui":
+            from streamdit_live.gui import run_app
+
+            problem = display_problem()
+            if problem is not None and "QT_QPA_PLATFORM" not in os.environ:
+                raise ValueError(f"{problem}; `{PROG} run` streams without it.")
+
+            return run_app(args, resolve_controls(args, library), library)
         return _run(args, library)
     except ValueError as exc:
-        # User mistakes: ControlError, PresetError, CheckpointError and bad specs.
+        # User mistakes: ControlError, PresetError, CheckpointError, SetupError, bad specs.
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RuntimeError as exc:  # SessionError and friends: the run could not go on

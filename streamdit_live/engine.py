@@ -8,13 +8,17 @@ Control changes from any thread (`apply`, `reset`) are checked at once, so the c
 the error, then merged into one pending change that the worker applies between two model
 calls: a burst of OSC messages costs one re-encode of the prompt, not fifty. A change that
 restarts the stream (seed, mode, strength, chunking), and `reset`, flush the buffer, the
-input frames, the codec states and the output's queue, so no stale frame follows.
+input frames, the codec states and the output's queue, so no stale frame follows; the output
+repeats the last frame until the new stream's first one, so it never stalls. Restarts are
+coalesced (`pacer.restart_due`): at most one per chunk period, and a new stream gets to emit
+before the next, so a storm of them (a strength fader swept) still shows new frames.
 
 No Qt here; the GUI and the CLI both drive this class.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -35,6 +39,7 @@ from streamdit_live.controls import (
     Mode,
     Scope,
     check_changes,
+    check_prompt_effect,
     prompt_mix,
 )
 from streamdit_live.frames import frames_to_tensor, tensor_to_frames
@@ -43,6 +48,7 @@ from streamdit_live.models import Models
 from streamdit_live.models import build_models as build_models  # re-exported
 from streamdit_live.models import cpu_threads as cpu_threads  # re-exported
 from streamdit_live.models import pick_device as pick_device  # re-exported
+from streamdit_live.pacer import restart_due
 from streamdit_live.sources import Captured, Source
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,9 @@ MIN_STRENGTH = 1e-3
 _PROMPT_CONTROLS = frozenset({"prompt", "prompt_a", "prompt_b", "crossfade"})
 _REBUILD_CONTROLS = frozenset({"chunk_size", "steps", "guidance"})
 _STREAM_MODES = {Mode.VIDEO: StreamMode.VIDEO, Mode.TEXT: StreamMode.TEXT}
+# How long a restarted stream may take to emit its first chunk before a further restart
+# runs anyway (video mode first gathers a buffer's worth of input: ~1 s at 24 fps).
+RESTART_HOLD_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -197,6 +206,13 @@ class Engine:
         self.error: BaseException | None = None
         self.epoch = 0
         self.chunks = 0  # chunks emitted
+        self.model_calls = 0  # model calls (NFEs) run, CFG's second call included
+        self.frames_out = 0  # frames emitted
+        self.restarts = 0  # restarts run (the first start excluded); requests merge into them
+        # The worker's restart coalescing (see pacer.restart_due), on time.monotonic.
+        self._restarted_at: float | None = None
+        self._first_out_at: float | None = None  # the current stream's first chunk
+        self._held_until: float | None = None  # a restart is waiting until then
         if not models.trained:
             log.warning(
                 "No trained weights given (--weights): running the %s model with random "
@@ -225,6 +241,7 @@ class Engine:
                     log.warning("%s takes effect at the next start; ignored while running.", name)
                 del checked[name]
             wanted = current.replace(checked)
+            check_prompt_effect(wanted, checked)  # a crossfade with nothing to blend: refused
             check_fits(wanted, self.models)
             if wanted.mode is Mode.VIDEO and self._source is None:
                 raise ControlError("mode video needs a source; start with --source.")
@@ -265,6 +282,11 @@ class Engine:
         return self._thread.is_alive()
 
     @property
+    def calls_per_frame(self) -> float | None:
+        """Model calls per emitted frame so far; None before the first frame."""
+        return self.model_calls / self.frames_out if self.frames_out else None
+
+    @property
     def dropped_inputs(self) -> int:
         return 0 if self._gatherer is None else self._gatherer.dropped
 
@@ -281,7 +303,7 @@ class Engine:
                     self._apply_pending()
                     if self._controls.pause:
                         with self._lock:
-                            self._lock.wait_for(self._has_news, timeout=1.0)
+                            self._lock.wait_for(self._has_news, timeout=self._until_held(1.0))
                         continue
                     if self._controls.mode is Mode.VIDEO:
                         if not self._feed():
@@ -299,22 +321,51 @@ class Engine:
         delay = self._next_due - time.monotonic()
         if delay > 0:
             with self._lock:
-                if self._lock.wait_for(self._has_news, timeout=delay):
+                if self._lock.wait_for(self._has_news, timeout=self._until_held(delay)):
                     return False
         return True
 
+    def _until_held(self, timeout: float) -> float:
+        """`timeout`, shortened to wake when a held restart comes due."""
+        if self._held_until is None:
+            return timeout
+        return max(0.0, min(timeout, self._held_until - time.monotonic()))
+
     def _has_news(self) -> bool:
-        return self._stop.is_set() or self._reset_requested or self._requested != self._controls
+        """A change to apply now: a held restart is news only once it is due."""
+        if self._stop.is_set():
+            return True
+        held = self._held_until is not None and time.monotonic() < self._held_until
+        changed = self._requested.changed(self._controls)
+        if held:
+            return any(CONTROLS[n].scope is not Scope.RESTART for n in changed)
+        return self._reset_requested or bool(changed)
 
     def _apply_pending(self) -> None:
         with self._lock:
             wanted, reset = self._requested, self._reset_requested
             self._reset_requested = False
         changed = wanted.changed(self._controls)
+        restarting = {n for n in changed if CONTROLS[n].scope is Scope.RESTART}
+        self._held_until = None
+        if reset or restarting:
+            period = self._controls.chunk_size * self.models.ae.cfg.temporal_factor
+            period /= self._controls.fps
+            due = restart_due(self._restarted_at, self._first_out_at, period, RESTART_HOLD_S)
+            if time.monotonic() < due:
+                # Coalesce: the restart (and any further request) waits until `due`; the
+                # live changes (prompt, crossfade, pause) apply to the running stream now.
+                self._held_until = due
+                if reset:
+                    with self._lock:
+                        self._reset_requested = True
+                keep = {n: getattr(self._controls, n) for n in restarting}
+                wanted = dataclasses.replace(wanted, **keep)
+                changed, restarting, reset = changed - restarting, set(), False
         if not changed and not reset:
             return
-        restart = reset or any(CONTROLS[n].scope is Scope.RESTART for n in changed)
-        if restart:
+        if reset or restarting:
+            self.restarts += 1
             self._restart(wanted, rebuild=bool(changed & _REBUILD_CONTROLS))
         elif changed & _PROMPT_CONTROLS:
             self._controls = wanted
@@ -368,8 +419,10 @@ class Engine:
         self._timeline: deque[list[float]] = deque()  # capture times of pushed chunks, FIFO
         if self._gatherer is not None:
             self._gatherer.clear(time.monotonic())
-        self._output.flush(keep_last=False)
-        self._next_due = time.monotonic()
+        # The outputs repeat the last frame until the new stream's first: never a stall.
+        self._output.flush(keep_last=True)
+        self._next_due = self._restarted_at = time.monotonic()
+        self._first_out_at = None
         self.epoch += 1
 
     def _feed(self) -> bool:
@@ -403,7 +456,9 @@ class Engine:
 
     def _step(self) -> None:
         start = time.perf_counter()
+        calls = self._buffer.model_calls
         latents = self._buffer.step()
+        self.model_calls += self._buffer.model_calls - calls
         self.stage_times.add("step", time.perf_counter() - start)
         if latents is None:
             return
@@ -417,6 +472,8 @@ class Engine:
         # The next chunk is due when this one has played out; a late step never catches up.
         now = time.monotonic()
         self._next_due = max(self._next_due + len(frames) / controls.fps, now - 0.25)
+        if self._first_out_at is None:
+            self._first_out_at = now
         self._output.push(
             [
                 EmittedFrame(f, t, self._prompt, controls.mode, controls.strength, self.epoch)
@@ -424,3 +481,4 @@ class Engine:
             ]
         )
         self.chunks += 1
+        self.frames_out += len(frames)

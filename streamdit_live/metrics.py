@@ -53,6 +53,7 @@ class StreamStatus:
     fps: float
     latency_ms: float | None
     prompt: str
+    calls_per_frame: float | None = None  # model calls (NFEs) per new output frame
 
 
 def stream_status(

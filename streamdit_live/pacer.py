@@ -14,12 +14,17 @@ them out on a fixed tick:
 
 `push`, `pull`, `flush` and `drain` are pure functions of (state, now): tests drive them with
 a fake clock. `PacedOutput` is the thin threaded wrapper that runs them on the real clock.
+
+The engine's side of a steady output is here too: `restart_due`, the pure rule that
+coalesces a storm of restarts (reset, seed, strength, mode) so the stream gets to emit
+between them, while the pacer repeats the last frame until the new stream's first one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -209,8 +214,11 @@ def pull(state: PacerState[T], now: float) -> tuple[PacerState[T], T | None, Pac
 def flush(state: PacerState[T], keep_last: bool = False) -> PacerState[T]:
     """Drop every buffered frame (a reset: no stale frame may follow) and prime again.
 
-    With keep_last=False the last shown frame is forgotten too, so nothing is repeated
-    until new frames arrive; the counters and the measured input rate survive.
+    With keep_last=True (a restart) the last shown frame is repeated on every tick until
+    the new stream's first frame, so the outputs never stall; with keep_last=False it is
+    forgotten and nothing is shown until new frames arrive. The counters and the measured
+    input rate survive; the time of the last push does not, so the gap until the new
+    stream's first burst is not taken for slow input.
     """
     return dataclasses.replace(
         state,
@@ -218,6 +226,8 @@ def flush(state: PacerState[T], keep_last: bool = False) -> PacerState[T]:
         last=state.last if keep_last else None,
         priming=True,
         credit=0.0,
+        last_push=None,
+        unrated=0,
         window_start=None,
         window_min_depth=None,
         dropped=state.dropped + state.depth,
@@ -241,6 +251,26 @@ def drain(state: PacerState[T]) -> tuple[PacerState[T], tuple[T, ...]]:
         emitted=state.emitted + len(frames),
     )
     return state, frames
+
+
+def restart_due(
+    last_restart: float | None, first_frame: float | None, period_s: float, hold_s: float
+) -> float:
+    """When a requested restart of the stream may run, on the clock of the arguments.
+
+    `last_restart` is when the current stream started (None: never) and `first_frame` when
+    it emitted its first chunk (None: not yet). A stream that has emitted runs for one
+    `period_s` (a chunk's play time) after its first chunk, so that chunk is shown; one that
+    has not emitted yet gets up to `hold_s` to do so. So at most one restart runs per chunk
+    period, and a storm of restarts (a strength fader swept over OSC) still shows new frames
+    instead of restarting, over and over, a stream that never gets to show one. Requests
+    that arrive meanwhile are merged into one restart at the returned time.
+    """
+    if last_restart is None:
+        return -math.inf
+    if first_frame is None:
+        return last_restart + max(period_s, hold_s)
+    return max(last_restart, first_frame) + period_s
 
 
 class FrameWriter(Protocol):

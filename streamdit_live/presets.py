@@ -48,8 +48,16 @@ class Preset:
 
 
 def shipped_dir() -> Path:
-    """The `presets/` directory next to the package (a checkout or an editable install)."""
-    return Path(__file__).resolve().parent.parent / "presets"
+    """The shipped presets: the copy an installed wheel carries inside the package, else the
+    repository's top-level `presets/` (a checkout or an editable install).
+
+    pyproject.toml maps `presets/` into the package as `streamdit_live/shipped_presets/`; the
+    packaged copy is looked at first so an installed app never reads a stray `presets/`
+    folder that happens to sit beside it in site-packages.
+    """
+    package = Path(__file__).resolve().parent
+    packaged = package / "shipped_presets"
+    return packaged if packaged.is_dir() else package.parent / "presets"
 
 
 def user_dir() -> Path:

@@ -2,29 +2,41 @@
 
 This is the wiring that `streamdit-live run`, `bench` and the default command share: open
 everything (failing early with one sentence on a user mistake), stream until the frame or
-time limit, a stop request (Ctrl-C) or an engine failure, then close everything in reverse
-order so recordings are finalized and playable. On a clean end the frames still in the
-pacer's buffer are written out first, so a recording keeps its last fraction of a second.
+time limit, a stop request (Ctrl-C), the last output closed by the user or an engine
+failure, then close everything in reverse order so recordings are finalized and playable.
+On a clean end the frames still in the pacer's buffer are written out first, so a recording
+keeps its last fraction of a second; a run that fails removes the recordings it left empty.
+
+What the user gave is tried before the model loads, so a mistake costs seconds, not a
+model load: the source must deliver a first frame (`sources.start_problem`), an OSC port
+given with --osc-port must be free and at least one output must open. Those, and outputs
+that all fail later, are a `SetupError` (the CLI's exit status 2).
+
+Front ends plug in as objects: controllers (OSC from the plan, any others given) drive the
+engine through one `ControlHub`; `SessionHooks` get the state, notices (data, worded by
+each front end) and frame taps for previews. `runner.SessionRunner` starts, restarts and
+stops sessions on a thread of their own for a GUI.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
 import time
-from collections import deque
+from collections.abc import Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from streamdit_live.controls import Controls, Size, prompt_mix
-from streamdit_live.engine import EmittedFrame, Engine, check_fits
+from streamdit_live.engine import Engine, check_fits
+from streamdit_live.events import Notice, NoticeKind, SessionHooks, SessionState, Tap
+from streamdit_live.hub import ControlHub, Controller, ControllerUnavailable, OscController
 from streamdit_live.metrics import (
-    FrameRecord,
     MetricsWriter,
     StageTimes,
     StreamStatus,
@@ -33,6 +45,7 @@ from streamdit_live.metrics import (
 )
 from streamdit_live.models import Models, build_models, cpu_threads, pick_device
 from streamdit_live.osc import OscConfig, OscServer
+from streamdit_live.output_tap import OutputTap as _OutputTap
 from streamdit_live.pacer import CLOSE_TIMEOUT_S, PacedOutput, PacerConfig
 from streamdit_live.presets import PresetLibrary
 from streamdit_live.sinks import (
@@ -52,18 +65,21 @@ from streamdit_live.sources import (
     WebcamCapture,
     open_source,
     parse_source,
+    start_problem,
 )
 
 log = logging.getLogger(__name__)
 
 FIRST_FRAME_TIMEOUT_S = 180.0  # model load + first chunk on a slow CPU, generously
-# The summary's latency percentiles cover this many of the newest frames (over an hour at
-# 24 fps, ~3 MB): a stream runs for days, so nothing here may grow with every frame.
-LATENCY_SAMPLES = 100_000
 
 
 class SessionError(RuntimeError):
-    """The session could not run (no output opened, the engine died); one sentence."""
+    """The session could not go on (the engine died, no frame in time); one sentence."""
+
+
+class SetupError(ValueError):
+    """What the user gave does not work here: a source with no first frame, a busy OSC port
+    they asked for, outputs that all failed; one sentence, and the CLI's exit status 2."""
 
 
 @dataclass(frozen=True)
@@ -74,10 +90,12 @@ class SessionPlan:
     device: str | None = None  # None: cuda when present, else cpu
     threads: int | None = None  # CPU threads for torch; None: all cores but one
     weights: tuple[Path, ...] = ()
+    model_explicit: bool = False  # the user typed --model: the weights must be that size
     frames: int | None = None  # stop after this many output frames
     seconds: float | None = None  # stop this long after the first output frame
     metrics: Path | None = None
     osc: OscConfig | None = None
+    osc_required: bool = False  # the user asked for this port: busy is an error, not a warning
     require_output: bool = True  # bench runs without any output
     fallback_source: str | None = None  # used, with a notice, if the `source` webcam fails
     out_size: Size | None = None  # every output's size; None: see `output_size()`
@@ -114,88 +132,6 @@ class SessionPlan:
             raise ValueError(f"--seconds must be positive, got {self.seconds}.")
 
 
-@dataclass
-class _Tally:
-    """What the output tap has seen; touched only on the pacer's thread, read after it stops."""
-
-    written: int = 0
-    new: int = 0
-    rated: int = 0  # new frames shown on the pacer's clock, the final drain excluded: the fps
-    repeated: int = 0
-    first: float | None = None
-    first_new_t: float | None = None  # run time (s) of the first rated new frame
-    last_new_t: float = 0.0  # and of the newest
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
-    recent: deque[float] = field(default_factory=lambda: deque(maxlen=64))  # new-frame times
-    last_latency_ms: float | None = None
-
-
-class _OutputTap:
-    """The pacer's writer: sinks, metrics and the frame limit, one paced frame at a time."""
-
-    def __init__(
-        self,
-        sinks: SinkSet,
-        metrics: MetricsWriter | None,
-        limit: int | None,
-        stage_times: StageTimes,
-        done: threading.Event,
-    ) -> None:
-        self.sinks, self.metrics, self.limit = sinks, metrics, limit
-        self.stage_times, self.done = stage_times, done
-        self.tally = _Tally()
-        # False once the stream has ended: the pacer's final drain writes its frames at once,
-        # which would inflate the measured rate.
-        self.timing = True
-        self._last: EmittedFrame | None = None
-        self._scaled: np.ndarray | None = None  # self._last's frame at the output size
-
-    def end_timing(self) -> None:
-        self.timing = False
-
-    def write(self, item: EmittedFrame) -> None:
-        tally = self.tally
-        if self.limit is not None and tally.written >= self.limit:
-            self.done.set()
-            return
-        repeat = item is self._last
-        self._last = item
-        if not repeat:  # scaled once per new frame, for all sinks; a repeat reuses it
-            start = time.perf_counter()
-            self._scaled = self.sinks.prepare(item.frame)
-            self.stage_times.add("scale", time.perf_counter() - start)
-        start = time.perf_counter()
-        self.sinks.write(self._scaled)
-        self.stage_times.add("sink", time.perf_counter() - start)
-        now = time.monotonic()
-        if tally.first is None:
-            tally.first = now
-            # Steady-state timings only: forget model loading and the stream's start-up.
-            self.stage_times.clear()
-        latency = None if item.t_capture is None else (now - item.t_capture) * 1000.0
-        record = FrameRecord(
-            tally.written, now - tally.first, latency, item.prompt, item.mode.value, item.strength
-        )
-        tally.written += 1
-        if repeat:
-            tally.repeated += 1
-        else:
-            tally.new += 1
-            tally.recent.append(now)
-            tally.last_latency_ms = latency
-            if self.timing:
-                tally.rated += 1
-                if tally.first_new_t is None:
-                    tally.first_new_t = record.t
-                tally.last_new_t = record.t
-            if latency is not None:
-                tally.latencies.append(latency)
-        if self.metrics is not None:
-            self.metrics.write(record)
-        if self.limit is not None and tally.written >= self.limit:
-            self.done.set()
-
-
 def _describe(sink: object) -> str:
     url = getattr(sink, "url", None)  # the MJPEG sink: say where to point OBS or a browser
     return f"{sink.name} ({url})" if url else sink.name
@@ -218,27 +154,66 @@ def _webcam_problem(spec: str, controls: Controls) -> str | None:
     return None
 
 
-def _open_source(plan: SessionPlan, controls: Controls) -> Source | None:
+def _open_source(plan: SessionPlan, controls: Controls, notify) -> Source | None:
     if plan.source is None:
         return None
     spec = plan.source
     if plan.fallback_source is not None:
         problem = _webcam_problem(spec, controls)
         if problem is not None:
-            log.warning("%s Using the %s source instead.", problem, plan.fallback_source)
+            text = f"{problem} Using the {plan.fallback_source} source instead."
+            notify(Notice(NoticeKind.SOURCE_FALLBACK, text, plan.fallback_source))
             spec = plan.fallback_source
     return open_source(spec, controls.size.width, controls.size.height, controls.fps)
+
+
+class _TappedSource:
+    """The source as the engine sees it, showing each new frame to the input taps."""
+
+    def __init__(self, source: Source, taps: tuple[Tap, ...]) -> None:
+        self._source, self._taps = source, taps
+        self._seen: float | None = None
+
+    def read(self, timeout: float = 1.0):
+        item = self._source.read(timeout)
+        if item is not None and item.t_capture != self._seen:
+            self._seen = item.t_capture
+            for tap in self._taps:
+                tap(item.frame)
+        return item
+
+    def __getattr__(self, name: str):
+        return getattr(self._source, name)
+
+
+# What OSC drove before controllers were objects; the hub is the same thing and more.
+_ControlRelay = ControlHub
 
 
 class Session:
     """Runs one plan; `run()` blocks until it ends and returns the summary."""
 
     def __init__(
-        self, plan: SessionPlan, library: PresetLibrary, models: Models | None = None
+        self,
+        plan: SessionPlan,
+        library: PresetLibrary,
+        models: Models | None = None,
+        *,
+        controllers: tuple[Controller, ...] = (),
+        hooks: SessionHooks | None = None,
     ) -> None:
         plan.check()
         self.plan = plan
         self.library = library
+        self.hooks = hooks or SessionHooks()
+        self.hub = ControlHub()
+        self.controllers: list[Controller] = list(controllers)
+        if plan.osc is not None:
+            self.controllers.insert(
+                0, OscController(plan.osc, self._preset_values, plan.osc_required)
+            )
+        self.state = SessionState.IDLE
+        self.notices: list[Notice] = []
         self.stage_times = StageTimes()
         self.stop_requested = threading.Event()
         self._models = models
@@ -246,11 +221,38 @@ class Session:
         self._tap: _OutputTap | None = None
         self._paced: PacedOutput | None = None
         self._source: Source | None = None
+        self._sinks: SinkSet | None = None
         self.osc: OscServer | None = None
 
     def stop(self) -> None:
         """Ask `run()` to finish cleanly (safe from a signal handler or another thread)."""
         self.stop_requested.set()
+
+    @property
+    def outputs(self) -> list:
+        """The outputs open now (a sink has `.name`, the MJPEG one also `.url`)."""
+        return self._sinks.sinks if self._sinks is not None else []
+
+    @property
+    def models(self) -> Models | None:
+        """The models once loaded (a restart with the same model can reuse them)."""
+        return self._models
+
+    def _preset_values(self, name: str) -> Mapping[str, object]:
+        return self.library.get(name, allow_path=False).values
+
+    def _set_state(self, state: SessionState) -> None:
+        self.state = state
+        if self.hooks.on_state is not None:
+            self.hooks.on_state(state)
+
+    def _notify(self, notice: Notice, logged: bool = False) -> None:
+        """Log a notice (the CLI's wording) unless `logged` already, and hand it on."""
+        self.notices.append(notice)
+        if not logged:
+            log.warning("%s", notice.text)
+        if self.hooks.on_notice is not None:
+            self.hooks.on_notice(notice)
 
     @property
     def engine(self) -> Engine | None:
@@ -264,76 +266,174 @@ class Session:
         prompt = prompt_mix(controls).describe()
         if tap is None:
             return StreamStatus(0.0, None, prompt)
-        return stream_status(
+        status = stream_status(
             list(tap.tally.recent),
             tap.tally.last_latency_ms,
             prompt,
             time.monotonic(),
             paused=controls.pause,
         )
+        return dataclasses.replace(
+            status, calls_per_frame=engine.calls_per_frame if engine else None
+        )
 
     def run(self) -> dict:
+        """Stream until the end (see the module's text); the state goes STARTING, LOADING,
+        RUNNING, then STOPPED, or FAILED with a notice saying why (and the error raised)."""
+        try:
+            summary = self._run()
+        except SetupError as exc:
+            self._fail(NoticeKind.SETUP_FAILED, exc)
+            raise
+        except (ValueError, RuntimeError) as exc:
+            kind = (
+                NoticeKind.SETUP_FAILED
+                if isinstance(exc, ValueError)
+                else NoticeKind.SESSION_FAILED
+            )
+            self._fail(kind, exc)
+            raise
+        self._set_state(SessionState.STOPPED)
+        return summary
+
+    def _fail(self, kind: NoticeKind, exc: BaseException) -> None:
+        notice = Notice(kind, str(exc))
+        self.notices.append(notice)  # the caller says it (the CLI prints it once)
+        if self.hooks.on_notice is not None:
+            self.hooks.on_notice(notice)
+        self._set_state(SessionState.FAILED)
+
+    def _run(self) -> dict:
+        plan = self.plan
+        done = threading.Event()
+        metrics: MetricsWriter | None = None
+        summary: dict | None = None
+        self._set_state(SessionState.STARTING)
+        try:
+            with ExitStack() as stack:
+                # What the user gave first, each in seconds; the model load comes after.
+                self._source = self._start_source(stack)
+                self._start_controllers(stack)
+                self._sinks = self._open_sinks(stack)
+                self._set_state(SessionState.LOADING)
+                models = self._load_models()
+                metrics = MetricsWriter(plan.metrics) if plan.metrics else None
+                self._stream(stack, models, metrics, done)
+                self._set_state(SessionState.STOPPING)
+            # Everything is closed now (pacer before sinks), so the counts are final.
+            summary = self._summary(models)
+            self._check_outputs_left()
+        finally:
+            if metrics is not None:
+                metrics.close(summary)
+        return summary
+
+    def _start_source(self, stack: ExitStack) -> Source | None:
+        """Open the source and wait for its first frame: one that gives none within seconds
+        is a SetupError now (reconnecting is for a source that worked and then failed)."""
+        source = _open_source(self.plan, self.plan.controls, self._notify)
+        if source is None:
+            return None
+        stack.callback(source.close)
+        problem = start_problem(source.wait_first_frame())
+        if problem is not None:
+            raise SetupError(problem)
+        if self.hooks.input_taps:
+            return _TappedSource(source, tuple(self.hooks.input_taps))  # type: ignore[return-value]
+        return source
+
+    def _load_models(self) -> Models:
         plan, controls = self.plan, self.plan.controls
         models = self._models
         if models is None:
             device = pick_device(plan.device)
             if device.type == "cpu":
                 torch.set_num_threads(cpu_threads(plan.threads, os.cpu_count()))
-            models = build_models(controls.model, device, plan.weights)
+            models = build_models(
+                controls.model,
+                device,
+                plan.weights,
+                explicit_model=plan.model_explicit,
+                size=controls.size,
+            )
+            self._models = models
         check_fits(controls, models)  # a chunking or size the model cannot take: fail now
         models.text.encode(prompt_mix(controls).a)  # load the text encoder before streaming
-        done = threading.Event()
-        metrics = MetricsWriter(plan.metrics) if plan.metrics else None
-        summary: dict | None = None
-        try:
-            with ExitStack() as stack:
-                self._stream(stack, models, metrics, done)
-            # Everything is closed now (pacer before sinks), so the counts are final.
-            summary = self._summary(models)
-        finally:
-            if metrics is not None:
-                metrics.close(summary)
-        return summary
+        return models
 
-    def _stream(
-        self, stack: ExitStack, models: Models, metrics: MetricsWriter | None, done: threading.Event
-    ) -> None:
-        """Open source, sinks, pacer, engine and OSC onto `stack`, then wait for the end."""
+    def _check_outputs_left(self) -> None:
+        """After the run: the last output gone is the end of a clean run when the user closed
+        it (the preview window), a SetupError when it failed."""
+        sinks = self._sinks
+        if sinks is None or sinks.ended is None:
+            return
+        if sinks.all_failed:
+            raise SetupError(sinks.ended)
+        log.info("%s", sinks.ended)
+
+    def _open_sinks(self, stack: ExitStack) -> SinkSet:
+        """Open the outputs; none that works (when one is required) is a SetupError, said
+        once. A run that fails later closes them with `failed`, removing empty recordings."""
         plan, controls = self.plan, self.plan.controls
-        source = self._source = _open_source(plan, controls)
-        if source is not None:
-            stack.callback(source.close)
         out = plan.output_size()
         sinks = open_sinks(plan.outputs, out.width, out.height, controls.fps, plan.out_fit)
-        stack.callback(self._close_sinks, sinks)
-        if len(sinks):
-            how = "" if out == controls.size else f", {plan.out_fit.value} from {controls.size}"
-            log.info(
-                "Streaming to %s at %s%s.",
-                ", ".join(_describe(sink) for sink in sinks.sinks),
-                out,
-                how,
-            )
-        if plan.require_output and len(sinks) == 0:
-            raise SessionError(
-                "No output could be opened (" + " ".join(sinks.failed) + "); "
-                "add one that works here, e.g. --out file:out.mp4 or --out mjpeg:8090."
-            )
-        self._tap = _OutputTap(sinks, metrics, plan.frames, self.stage_times, done)
+        stack.push(lambda kind, *_: self._close_sinks(sinks, failed=kind is not None))
+        if len(sinks) == 0:
+            if plan.require_output:
+                reasons = "; ".join(m.rstrip(".") for m in sinks.failed)
+                raise SetupError(
+                    f"{reasons}; add an output that works here, e.g. --out file:out.mp4 or "
+                    "--out mjpeg:8090."
+                )
+            for message in sinks.failed:  # bench and the GUI: they run without them
+                self._notify_output(message)
+            return sinks
+        for message in sinks.failed:  # open_sinks logged them
+            self._notify_output(message, logged=True)
+        how = "" if out == controls.size else f", {plan.out_fit.value} from {controls.size}"
+        log.info("Streaming to %s at %s%s.", ", ".join(_describe(s) for s in sinks.sinks), out, how)
+        return sinks
+
+    def _notify_output(self, message: str, logged: bool = False) -> None:
+        """An output that could not open (`sinks.failed` wording): a notice about it."""
+        subject = message.removeprefix("Output ").split(" ", 1)[0]
+        self._notify(Notice(NoticeKind.OUTPUT_UNAVAILABLE, message, subject), logged)
+
+    def _stream(
+        self,
+        stack: ExitStack,
+        models: Models,
+        metrics: MetricsWriter | None,
+        done: threading.Event,
+    ) -> None:
+        """Start pacer and engine onto `stack`, hand the hub the engine, wait for the end."""
+        plan, controls = self.plan, self.plan.controls
+        assert self._sinks is not None
+        self._tap = _OutputTap(
+            self._sinks,
+            metrics,
+            plan.frames,
+            self.stage_times,
+            done,
+            tuple(self.hooks.output_taps),
+        )
         self._paced = PacedOutput(self._tap, PacerConfig(fps=controls.fps))
         # Closed before the sinks (draining its buffer into them on a clean end).
         stack.enter_context(self._paced)
         stack.callback(self._tap.end_timing)  # the engine has stopped; the drain comes next
-        self._engine = Engine(controls, models, self._paced, source, self.stage_times)
+        self._engine = Engine(controls, models, self._paced, self._source, self.stage_times)
+        if not models.trained:  # the engine logged it in the CLI's words
+            text = "No trained weights given: the output will look like noise."
+            self._notify(Notice(NoticeKind.RANDOM_WEIGHTS, text, controls.model), logged=True)
         stack.enter_context(self._engine)
-        if plan.osc is not None:
-            self.osc = self._start_osc(plan.osc)
-            if self.osc is not None:
-                stack.callback(self.osc.stop)
+        self.hub.engine = self._engine
+        stack.callback(setattr, self.hub, "engine", None)
+        self._set_state(SessionState.RUNNING)
         self._wait(done)
 
-    def _close_sinks(self, sinks: SinkSet) -> None:
-        """Close the outputs, unless the pacer's thread is still inside a write to them."""
+    def _close_sinks(self, sinks: SinkSet, failed: bool = False) -> None:
+        """Close the outputs (`failed`: removing empty recordings), unless the pacer's
+        thread is still inside a write to them."""
         if self._paced is not None and self._paced.alive:
             log.warning(
                 "An output is still busy writing a frame after %.0f s, so the outputs are "
@@ -341,28 +441,40 @@ class Session:
                 CLOSE_TIMEOUT_S,
             )
             return
-        sinks.close()
+        if failed:
+            sinks.close(failed=True)
+        else:
+            sinks.close()
 
-    def _start_osc(self, config: OscConfig) -> OscServer | None:
-        assert self._engine is not None
-        server = OscServer(
-            config,
-            self._engine,
-            lambda name: self.library.get(name, allow_path=False).values,
-            self.status,
-        )
-        try:
-            return server.start()
-        except OSError as exc:
-            log.warning("%s The stream goes on without OSC.", exc)
-            return None
+    def _start_controllers(self, stack: ExitStack) -> None:
+        """Start every controller; one that cannot start is a SetupError when the user asked
+        for it (a --osc-port), else a notice (the stream goes on without it)."""
+        for controller in self.controllers:
+            try:
+                controller.start(self.hub.target(controller.name), self.status)
+            except ControllerUnavailable as exc:
+                if controller.required:
+                    raise SetupError(str(exc)) from None
+                text = f"{exc} The stream goes on without {controller.name.upper()}."
+                self._notify(Notice(NoticeKind.CONTROLLER_UNAVAILABLE, text, controller.name))
+                continue
+            stack.callback(controller.stop)
+            if isinstance(controller, OscController):
+                self.osc = controller.server
 
     def _wait(self, done: threading.Event) -> None:
         """Block until the limit, a stop request or an engine failure (checked twice a second)."""
         assert self._engine is not None and self._tap is not None
         started = time.monotonic()
+        told = len(self._sinks.failed) if self._sinks is not None else 0
         while not done.is_set() and not self.stop_requested.is_set():
             done.wait(0.5)
+            failed = self._sinks.failed if self._sinks is not None else []
+            for message in failed[told:]:  # an output that failed mid-run; the rest go on
+                self.notices.append(Notice(NoticeKind.OUTPUT_DROPPED, message))
+                if self.hooks.on_notice is not None:
+                    self.hooks.on_notice(self.notices[-1])
+            told = len(failed)
             if self._engine.error is not None:
                 raise SessionError(f"the engine stopped: {self._engine.error}")
             first = self._tap.tally.first
@@ -373,16 +485,12 @@ class Session:
                 return
 
     def _no_frame_reason(self) -> str:
-        """Why nothing came out in time: a source that never delivered, else the model."""
-        waited = f"within {FIRST_FRAME_TIMEOUT_S:.0f} s"
-        health = None if self._source is None else self._source.health()
-        if health is not None and health.frames == 0:
-            why = f" ({health.last_error})" if health.last_error else ""
-            return (
-                f"no frame came from {health.name} {waited}{why}; check it or pick another "
-                "source with --source."
-            )
-        return f"no frame came out {waited}; try a smaller model (--model tiny) or size."
+        """Why nothing came out in time (the source gave its first frame before the model
+        loaded, so it is the model's speed)."""
+        return (
+            f"no frame came out within {FIRST_FRAME_TIMEOUT_S:.0f} s; try a smaller model "
+            "(--model tiny) or size."
+        )
 
     def _summary(self, models: Models) -> dict:
         assert self._tap is not None and self._engine is not None
@@ -397,7 +505,7 @@ class Session:
             repeated=tally.repeated,
             extra={
                 "input_frames_dropped": self._engine.dropped_inputs,
-                "model": controls.model,
+                "model": models.name or controls.model,
                 "trained_weights": models.trained,
                 "device": str(models.device),
                 "torch_threads": torch.get_num_threads(),

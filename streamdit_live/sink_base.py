@@ -1,4 +1,5 @@
-"""The base every frame sink builds on, and the error a sink raises when it cannot run here.
+"""The base every frame sink builds on, the error a sink raises when it cannot run here, and
+the one it raises when the user closed it (the preview window).
 
 Kept apart from `streamdit_live.sinks` so the sink modules (`mjpeg`, `window`) can import it
 while `sinks` imports them in turn, without a cycle.
@@ -13,6 +14,10 @@ from streamdit_live.frames import check_frame, fit_frame
 
 class SinkUnavailable(RuntimeError):
     """A sink cannot run here; the message says in one sentence how to get it."""
+
+
+class SinkClosed(RuntimeError):
+    """The user closed this output (the preview window): not a failure."""
 
 
 class Sink:
@@ -37,6 +42,11 @@ class Sink:
         if not self._closed:
             self._closed = True
             self._release()
+
+    def abandon(self) -> None:
+        """Close after a run that failed: an output that got no frame leaves nothing behind
+        (a recording deletes its empty file); one that got frames is closed as usual."""
+        self.close()
 
     def __enter__(self) -> Sink:
         return self

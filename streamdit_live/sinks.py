@@ -3,7 +3,8 @@
 Every sink takes uint8 RGB (H, W, 3) frames, fits them to the size it was opened with and
 returns quickly: the window and MJPEG sinks hand frames to their own process or threads
 through latest-wins buffers, so a stalled viewer never stalls the stream. `SinkSet` writes
-to several sinks at once and drops (with one logged sentence) a sink that fails.
+to several sinks at once and drops a sink that fails or that the user closed, saying so in
+one sentence; when none is left it says why (`SinkSet.ended`) and the run ends.
 
 This module holds the output specs and their parsing, the virtual camera and file sinks, and
 `open_sink`/`open_sinks`/`SinkSet`, and the output size: `scale_frame` fits the model's frames
@@ -20,7 +21,7 @@ import os
 import platform
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -30,15 +31,11 @@ import numpy as np
 from streamdit_live.controls import Size
 from streamdit_live.frames import check_frame, fit_frame, resize_frame
 from streamdit_live.mjpeg import DEFAULT_MJPEG_PORT, MjpegSink
-from streamdit_live.sink_base import Sink, SinkUnavailable
+from streamdit_live.sink_base import Sink, SinkClosed, SinkUnavailable
 from streamdit_live.window import WindowSink
 
 log = logging.getLogger(__name__)
 
-SINK_FORMS = (
-    "virtualcam, virtualcam:DEVICE, file:PATH.mp4, file:PATH.avi, window, "
-    "mjpeg, mjpeg:PORT or mjpeg:HOST:PORT"
-)
 VIDEO_FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}
 
 # The size meeting apps and OBS take from a camera without rescaling it themselves; the
@@ -82,7 +79,7 @@ def default_out_size(specs: Iterable[str | SinkSpec], model_size: Size) -> Size:
     """The output size when none is given: VIRTUALCAM_SIZE if any output is a virtual
     camera (meeting apps want a common camera size), else the model's own size."""
     parsed = [parse_sink(s) if isinstance(s, str) else s for s in specs]
-    if any(spec.kind is SinkKind.VIRTUALCAM for spec in parsed):
+    if any(spec.kind == SinkKind.VIRTUALCAM for spec in parsed):
         return VIRTUALCAM_SIZE
     return model_size
 
@@ -116,7 +113,10 @@ def check_folder(path: str | os.PathLike[str], what: str) -> None:
         raise ValueError(f"{what} {str(path)!r}: the folder {folder} does not exist.")
 
 
-class SinkKind(Enum):
+class SinkKind(str, Enum):
+    """The built-in outputs. A member equals its name, so a registered output of another
+    kind (a plain string such as "ndi") compares the same way."""
+
     VIRTUALCAM = "virtualcam"
     FILE = "file"
     WINDOW = "window"
@@ -125,7 +125,7 @@ class SinkKind(Enum):
 
 @dataclass(frozen=True)
 class SinkSpec:
-    kind: SinkKind
+    kind: SinkKind | str
     path: str = ""  # file
     device: str | None = None  # virtualcam: e.g. /dev/video10; None picks any
     host: str = "127.0.0.1"  # mjpeg: loopback unless the user opens it
@@ -138,36 +138,48 @@ class SinkSpec:
             return f"mjpeg:{self.host}:{self.port}"
         if self.kind is SinkKind.VIRTUALCAM and self.device:
             return f"virtualcam:{self.device}"
-        return self.kind.value
+        return getattr(self.kind, "value", self.kind)
 
 
 def parse_sink(spec: str) -> SinkSpec:
-    """Parse `virtualcam[:DEVICE]`, `file:PATH.mp4|.avi`, `window` or `mjpeg[:[HOST:]PORT]`."""
+    """Parse an output spec (`virtualcam[:DEVICE]`, `file:PATH.mp4|.avi`, `window`,
+    `mjpeg[:[HOST:]PORT]` or any other registered kind) through `OUTPUT_TYPES`."""
     name, sep, arg = spec.strip().partition(":")
-    bad = ValueError(f"Unknown output {spec!r}: use {SINK_FORMS}.")
-    try:
-        kind = SinkKind(name.lower())
-    except ValueError:
-        raise bad from None
-    if sep and not arg:
-        raise bad
-    if kind is SinkKind.VIRTUALCAM:
-        return SinkSpec(kind, device=arg or None)
-    if kind is SinkKind.FILE:
-        ext = os.path.splitext(arg)[1].lower()
-        if ext not in VIDEO_FOURCC:
-            raise ValueError(f"Output {spec!r}: a recording must end in .mp4 or .avi.")
-        return SinkSpec(kind, path=arg)
-    if kind is SinkKind.WINDOW:
-        if arg:
-            raise bad
-        return SinkSpec(kind)
-    host, _, port = arg.rpartition(":")
+    output = OUTPUT_TYPES.get(name.lower())
+    if output is None or (sep and not arg):
+        raise ValueError(f"Unknown output {spec!r}: use {sink_forms()}.")
+    return output.parse(arg, spec)
+
+
+def _bad_sink(spec: str) -> ValueError:
+    return ValueError(f"Unknown output {spec!r}: use {sink_forms()}.")
+
+
+def _parse_virtualcam(arg: str, spec: str) -> SinkSpec:
+    return SinkSpec(SinkKind.VIRTUALCAM, device=arg or None)
+
+
+def _parse_file(arg: str, spec: str) -> SinkSpec:
     if not arg:
-        return SinkSpec(kind)
+        raise _bad_sink(spec)
+    if os.path.splitext(arg)[1].lower() not in VIDEO_FOURCC:
+        raise ValueError(f"Output {spec!r}: a recording must end in .mp4 or .avi.")
+    return SinkSpec(SinkKind.FILE, path=arg)
+
+
+def _parse_window(arg: str, spec: str) -> SinkSpec:
+    if arg:
+        raise _bad_sink(spec)
+    return SinkSpec(SinkKind.WINDOW)
+
+
+def _parse_mjpeg(arg: str, spec: str) -> SinkSpec:
+    if not arg:
+        return SinkSpec(SinkKind.MJPEG)
+    host, _, port = arg.rpartition(":")
     if not port.isdigit() or int(port) > 65535:
         raise ValueError(f"Output {spec!r}: the MJPEG port must be a number from 0 to 65535.")
-    return SinkSpec(kind, host=host or "127.0.0.1", port=int(port))
+    return SinkSpec(SinkKind.MJPEG, host=host or "127.0.0.1", port=int(port))
 
 
 def virtualcam_help(system: str) -> str:
@@ -220,7 +232,8 @@ class FileSink(Sink):
     """A recording through cv2.VideoWriter: mp4 (MPEG-4 part 2) or avi (Motion JPEG).
 
     The container is finalized on close(); a finalizer also closes it at garbage collection
-    and interpreter exit, so Ctrl-C still leaves a playable file.
+    and interpreter exit, so Ctrl-C still leaves a playable file. `abandon()` (a failed run)
+    deletes the file when no frame was written to it.
     """
 
     def __init__(self, path: str, width: int, height: int, fps: float) -> None:
@@ -244,21 +257,76 @@ class FileSink(Sink):
     def _release(self) -> None:
         self._finalizer()
 
+    def abandon(self) -> None:
+        self.close()
+        if self.frames_written == 0:
+            try:
+                os.remove(self.path)
+            except OSError as e:  # already gone, or not ours to delete
+                log.debug("could not remove the empty recording %s: %s", self.path, e)
+            else:
+                log.info("Removed the empty recording %s.", self.path)
+
 
 def open_sink(spec: str | SinkSpec, width: int = 256, height: int = 256, fps: float = 30.0) -> Sink:
     """Open one output; raises SinkUnavailable when it cannot run here (a one-sentence why)."""
     spec = parse_sink(spec) if isinstance(spec, str) else spec
-    if spec.kind is SinkKind.VIRTUALCAM:
-        return VirtualCamSink(width, height, fps, device=spec.device)
-    if spec.kind is SinkKind.FILE:
-        return FileSink(spec.path, width, height, fps)
-    if spec.kind is SinkKind.WINDOW:
-        return WindowSink(width, height, fps)
-    return MjpegSink(width, height, fps, host=spec.host, port=spec.port)
+    return OUTPUT_TYPES[getattr(spec.kind, "value", spec.kind)].open(spec, width, height, fps)
+
+
+@dataclass(frozen=True)
+class OutputType:
+    """One kind of output in the registry: how its spec reads and how it opens.
+
+    A new output (NDI, Spout, Syphon) is a module that defines its `Sink` and one
+    `OutputType`, plus one line in `OUTPUT_TYPES`; the CLI, the session and the GUI find it
+    there (`parse_sink`, `open_sink`, `sink_forms`).
+    """
+
+    name: str  # the spec's prefix, e.g. "mjpeg"
+    forms: tuple[str, ...]  # the spec forms, for help and error messages
+    parse: Callable[[str, str], SinkSpec]  # (text after "name:", whole spec) -> spec
+    open: Callable[[SinkSpec, int, int, float], Sink]  # (spec, width, height, fps)
+
+
+OUTPUT_TYPES: dict[str, OutputType] = {
+    t.name: t
+    for t in (
+        OutputType(
+            "virtualcam",
+            ("virtualcam", "virtualcam:DEVICE"),
+            _parse_virtualcam,
+            lambda s, w, h, fps: VirtualCamSink(w, h, fps, device=s.device),
+        ),
+        OutputType(
+            "file",
+            ("file:PATH.mp4", "file:PATH.avi"),
+            _parse_file,
+            lambda s, w, h, fps: FileSink(s.path, w, h, fps),
+        ),
+        OutputType(
+            "window", ("window",), _parse_window, lambda s, w, h, fps: WindowSink(w, h, fps)
+        ),
+        OutputType(
+            "mjpeg",
+            ("mjpeg", "mjpeg:PORT", "mjpeg:HOST:PORT"),
+            _parse_mjpeg,
+            lambda s, w, h, fps: MjpegSink(w, h, fps, host=s.host, port=s.port),
+        ),
+    )
+}
+
+
+def sink_forms() -> str:
+    """Every registered output spec form, for help texts and error messages."""
+    forms = [form for t in OUTPUT_TYPES.values() for form in t.forms]
+    return f"{', '.join(forms[:-1])} or {forms[-1]}"
 
 
 class SinkSet:
-    """Writes each frame to several sinks; one that fails is logged, closed and dropped.
+    """Writes each frame to several sinks; one that fails or is closed by the user is
+    dropped (logged in one sentence while others remain). When the last one goes, `ended`
+    says why in one sentence and `all_failed` whether it failed (rather than was closed).
 
     With a `size`, a frame is scaled to it once (`prepare`) before it goes to every sink;
     without one each sink fits the frame to its own size.
@@ -274,6 +342,8 @@ class SinkSet:
         self._sinks = list(sinks)
         self.size, self.fit = size, fit
         self.failed: list[str] = []  # one sentence per sink dropped or never opened
+        self.ended: str | None = None  # why the last sink went (one sentence); None: not yet
+        self.all_failed = False  # the last sink failed (rather than was closed by the user)
 
     @property
     def sinks(self) -> list[Sink]:
@@ -295,23 +365,41 @@ class SinkSet:
         for sink in self.sinks:
             try:
                 sink.write(frame)
+            except SinkClosed as e:
+                self._drop(sink, f"The {e}", failed=False)
             except Exception as e:
-                message = f"Output {sink.name} failed ({e}) and was dropped; the others go on."
-                log.warning("%s", message)
-                with self._lock:
-                    self._sinks.remove(sink)
-                    self.failed.append(message)
-                try:
-                    sink.close()
-                except Exception:
-                    log.debug("closing the failed output %s raised", sink.name, exc_info=True)
+                self._drop(sink, f"Output {sink.name} failed ({e})", failed=True)
 
-    def close(self) -> None:
+    def _drop(self, sink: Sink, what: str, failed: bool) -> None:
+        """Remove `sink`; say so, and what happens next, in one sentence."""
+        with self._lock:
+            self._sinks.remove(sink)
+            left = [s.name for s in self._sinks]
+            if failed:
+                self.failed.append(f"{what}.")
+            if not left:
+                self.all_failed = failed
+                ending = ", and no output is left" if failed else ""
+                self.ended = f"{what}{ending}; the run ends."
+        if left:
+            level = logging.WARNING if failed else logging.INFO
+            log.log(level, "%s; the run goes on with %s.", what, ", ".join(left))
+        try:
+            sink.close()
+        except Exception:
+            log.debug("closing the output %s raised", sink.name, exc_info=True)
+
+    def close(self, failed: bool = False) -> None:
+        """Close every sink; after a failed run (`failed`), `abandon` them instead, so no
+        empty recording is left behind."""
         with self._lock:
             sinks, self._sinks = self._sinks, []
         for sink in sinks:
             try:
-                sink.close()
+                if failed:
+                    sink.abandon()
+                else:
+                    sink.close()
             except Exception as e:
                 log.warning("Output %s did not close cleanly: %s", sink.name, e)
 
@@ -322,8 +410,8 @@ class SinkSet:
     def __enter__(self) -> SinkSet:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(failed=exc_type is not None)
 
 
 def open_sinks(
@@ -335,8 +423,9 @@ def open_sinks(
 ) -> SinkSet:
     """Open every output that can run here, all at width x height; frames written to the set
     are scaled to that size once (`fit`) and then shared by every sink. The unavailable
-    outputs are logged and listed in `.failed`. A malformed spec raises ValueError before
-    anything opens."""
+    outputs are listed in `.failed` (one sentence each) and, when others opened, logged; when
+    none opened the caller says so, once. A malformed spec raises ValueError before anything
+    opens."""
     parsed = [parse_sink(s) if isinstance(s, str) else s for s in specs]
     result = SinkSet(size=Size(width, height), fit=fit)
     try:
@@ -344,9 +433,11 @@ def open_sinks(
             try:
                 result.add(open_sink(spec, width, height, fps))
             except SinkUnavailable as e:
-                log.warning("Output %s is unavailable: %s The others go on.", spec, e)
-                result.failed.append(str(e))
+                result.failed.append(f"Output {spec} is unavailable: {e}")
     except BaseException:
-        result.close()  # e.g. a recording into a missing folder: free what already opened
+        result.close(failed=True)  # e.g. a recording into a missing folder: free what opened
         raise
+    if len(result):
+        for message in result.failed:
+            log.warning("%s The others go on.", message)
     return result

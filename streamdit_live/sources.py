@@ -5,7 +5,9 @@ seam: tests inject failing captures through it), grabs frames, fits them to the 
 size and puts them in a latest-wins slot, so a slow consumer always gets the newest frame
 and never a backlog. When the device fails or ends, the source logs one sentence, closes
 it and reopens it with capped exponential backoff; readers meanwhile keep getting the last
-good frame, so the stream goes on.
+good frame, so the stream goes on. That is for a source that worked: at start-up one that
+gives no frame is reported at once (`Source.wait_first_frame`, `start_problem`), and its
+retries until then log at debug level only, so that one sentence is all the user sees.
 """
 
 from __future__ import annotations
@@ -28,12 +30,11 @@ from streamdit_live.slot import LatestSlot
 
 log = logging.getLogger(__name__)
 
-SOURCE_FORMS = (
-    "webcam, webcam:N, webcam:/dev/videoN, screen, screen:N, screen:x,y,w,h, file:PATH or demo"
-)
 
+class SourceKind(str, Enum):
+    """The built-in sources. A member equals its name, so a registered source of another
+    kind (a plain string such as "ndi") compares the same way."""
 
-class SourceKind(Enum):
     WEBCAM = "webcam"
     SCREEN = "screen"
     FILE = "file"
@@ -42,7 +43,7 @@ class SourceKind(Enum):
 
 @dataclass(frozen=True)
 class SourceSpec:
-    kind: SourceKind
+    kind: SourceKind | str
     device: int | str = 0  # webcam: an index or a device path
     monitor: int = 1  # screen: mss numbering, 1 = first monitor, 0 = all monitors together
     region: tuple[int, int, int, int] | None = None  # screen: x, y, width, height
@@ -59,42 +60,59 @@ class SourceSpec:
             )
         if self.kind is SourceKind.FILE:
             return f"file:{self.path}"
-        return "demo"
+        return getattr(self.kind, "value", self.kind)
 
 
 def parse_source(spec: str) -> SourceSpec:
-    """Parse `webcam[:N|:PATH]`, `screen[:N|:x,y,w,h]`, `file:PATH` or `demo`."""
+    """Parse `webcam[:N|:PATH]`, `screen[:N|:x,y,w,h]`, `file:PATH`, `demo` or any other
+    registered kind, through `SOURCE_TYPES`."""
     name, sep, arg = spec.strip().partition(":")
-    bad = ValueError(f"Unknown source {spec!r}: use {SOURCE_FORMS}.")
-    try:
-        kind = SourceKind(name.lower())
-    except ValueError:
-        raise bad from None
-    if sep and not arg:
-        raise bad
-    if kind is SourceKind.WEBCAM:
-        if not arg:
-            return SourceSpec(kind)
-        return SourceSpec(kind, device=int(arg) if arg.isdigit() else arg)
-    if kind is SourceKind.SCREEN:
-        if not arg:
-            return SourceSpec(kind)
-        if arg.isdigit():
-            return SourceSpec(kind, monitor=int(arg))
-        parts = arg.split(",")
-        if len(parts) != 4 or not all(p.strip().lstrip("-").isdigit() for p in parts):
-            raise bad
-        x, y, w, h = (int(p) for p in parts)
-        if w <= 0 or h <= 0:
-            raise ValueError(f"Source {spec!r}: the region's width and height must be positive.")
-        return SourceSpec(kind, region=(x, y, w, h))
-    if kind is SourceKind.FILE:
-        if not arg:
-            raise bad
-        return SourceSpec(kind, path=arg)
+    source = SOURCE_TYPES.get(name.lower())
+    if source is None or (sep and not arg):
+        raise _bad_source(spec)
+    return source.parse(arg, spec)
+
+
+def source_forms() -> str:
+    """Every registered source spec form, for help texts and error messages."""
+    forms = [form for t in SOURCE_TYPES.values() for form in t.forms]
+    return f"{', '.join(forms[:-1])} or {forms[-1]}"
+
+
+def _bad_source(spec: str) -> ValueError:
+    return ValueError(f"Unknown source {spec!r}: use {source_forms()}.")
+
+
+def _parse_webcam(arg: str, spec: str) -> SourceSpec:
+    if not arg:
+        return SourceSpec(SourceKind.WEBCAM)
+    return SourceSpec(SourceKind.WEBCAM, device=int(arg) if arg.isdigit() else arg)
+
+
+def _parse_screen(arg: str, spec: str) -> SourceSpec:
+    if not arg:
+        return SourceSpec(SourceKind.SCREEN)
+    if arg.isdigit():
+        return SourceSpec(SourceKind.SCREEN, monitor=int(arg))
+    parts = arg.split(",")
+    if len(parts) != 4 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise _bad_source(spec)
+    x, y, w, h = (int(p) for p in parts)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"Source {spec!r}: the region's width and height must be positive.")
+    return SourceSpec(SourceKind.SCREEN, region=(x, y, w, h))
+
+
+def _parse_file(arg: str, spec: str) -> SourceSpec:
+    if not arg:
+        raise _bad_source(spec)
+    return SourceSpec(SourceKind.FILE, path=arg)
+
+
+def _parse_demo(arg: str, spec: str) -> SourceSpec:
     if arg:
-        raise bad
-    return SourceSpec(kind)
+        raise _bad_source(spec)
+    return SourceSpec(SourceKind.DEMO)
 
 
 class Captured(NamedTuple):
@@ -124,6 +142,22 @@ def backoff_delay(failures: int, policy: Backoff = Backoff()) -> float:
     """Seconds to wait before reopening after `failures` consecutive failures (>= 1)."""
     exponent = min(max(0, failures - 1), 64)  # bounded: a huge power would overflow a float
     return min(policy.max_s, policy.initial_s * policy.factor**exponent)
+
+
+# At start-up a source counts as not working after this long, or this many failed opens or
+# grabs (with the default backoff the third comes ~1.5 s in); a slow webcam takes seconds.
+START_TIMEOUT_S, START_FAILURES = 10.0, 3
+
+
+def start_problem(health: SourceHealth) -> str | None:
+    """Why a source gave no frame at start-up (one sentence), or None if it gave one."""
+    if health.frames > 0:
+        return None
+    why = f" ({health.last_error.rstrip('.')})" if health.last_error else ""
+    return (
+        f"No frame came from {health.name} at start-up{why}; check it or pick another "
+        "source with --source."
+    )
 
 
 class CaptureError(Exception):
@@ -325,7 +359,8 @@ class Source:
         self._opener, self._backoff, self._clock = opener, backoff, clock
         self._slot: LatestSlot[Captured] = LatestSlot()
         self._stop = threading.Event()
-        self._lock = threading.Lock()  # guards the fields below
+        # Guards the fields below; notified on the first frame and on every failure.
+        self._lock = threading.Condition()
         self._last: Captured | None = None
         self._frames = self._failures = self._reopens = 0
         self._connected = self._started = False
@@ -353,6 +388,18 @@ class Source:
                 self._last = item
             return self._last
 
+    def wait_first_frame(
+        self, timeout: float = START_TIMEOUT_S, failures: int = START_FAILURES
+    ) -> SourceHealth:
+        """Block until the first frame, `failures` failed opens or grabs, or `timeout`
+        seconds; return the health then (`start_problem` says whether it started)."""
+        with self._lock:
+            self._lock.wait_for(
+                lambda: self._frames > 0 or self._failures >= failures or self._stop.is_set(),
+                timeout,
+            )
+        return self.health()
+
     def health(self) -> SourceHealth:
         with self._lock:
             return SourceHealth(
@@ -367,6 +414,8 @@ class Source:
 
     def close(self, timeout: float = 2.0) -> None:
         self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
         self._slot.close()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
@@ -384,11 +433,16 @@ class Source:
         )
         if not message.endswith((".", "?", "!")):
             message += "."
-        log.warning("%s Reopening in %.1f s.", message, delay)
         with self._lock:
             self._failures += 1
             self._connected = False
             self._last_error = message
+            started = self._frames > 0
+            self._lock.notify_all()
+        # Before the first frame, whoever waits on the source reports it (wait_first_frame).
+        log.log(
+            logging.WARNING if started else logging.DEBUG, "%s Reopening in %.1f s.", message, delay
+        )
         return delay
 
     def _run(self) -> None:
@@ -420,6 +474,8 @@ class Source:
                 self._slot.put(Captured(frame, now))
                 with self._lock:
                     self._frames += 1
+                    if self._frames == 1:
+                        self._lock.notify_all()
                 if not capture.paced:
                     # Keep a steady cadence; after a stall, restart it instead of catching up.
                     due = max(due + 1.0 / (capture.fps or self.fps), now)
@@ -441,20 +497,57 @@ def open_source(
 ) -> Source:
     """Parse `spec`, then return a started Source that delivers (height, width, 3) frames.
 
-    A missing file is refused at once (a typo should not retry forever); a missing webcam or
-    screen is reported and retried in the background, since it may be plugged in later.
+    A missing file is refused at once (a typo should not retry forever); any other failure
+    is retried in the background, and `Source.wait_first_frame` tells a caller at start-up
+    whether the source works at all.
     """
     spec = parse_source(spec) if isinstance(spec, str) else spec
-    opener: Callable[[], Capture]
-    if spec.kind is SourceKind.WEBCAM:
-        opener = lambda: WebcamCapture(spec.device, width, height, fps)  # noqa: E731
-    elif spec.kind is SourceKind.SCREEN:
-        opener = lambda: ScreenCapture(spec.monitor, spec.region)  # noqa: E731
-    elif spec.kind is SourceKind.FILE:
-        if not os.path.isfile(spec.path):
-            raise ValueError(f"Source file {spec.path!r} does not exist: check the path.")
-        opener = lambda: FileCapture(spec.path)  # noqa: E731
-    else:
-        opener = lambda: DemoCapture(width, height, fps)  # noqa: E731
+    kind = SOURCE_TYPES[getattr(spec.kind, "value", spec.kind)]
+    opener = kind.opener(spec, width, height, fps)
     source = Source(opener, name=str(spec), width=width, height=height, fps=fps, backoff=backoff)
     return source.start()
+
+
+def _file_opener(spec: SourceSpec, width: int, height: int, fps: float) -> Callable[[], Capture]:
+    if not os.path.isfile(spec.path):  # a typo should not retry forever
+        raise ValueError(f"Source file {spec.path!r} does not exist: check the path.")
+    return lambda: FileCapture(spec.path)
+
+
+@dataclass(frozen=True)
+class SourceType:
+    """One kind of source in the registry: how its spec reads and how it opens.
+
+    A new source (NDI in, Spout in) is a module with its `Capture` and one `SourceType`,
+    plus one line in `SOURCE_TYPES`.
+    """
+
+    name: str  # the spec's prefix, e.g. "webcam"
+    forms: tuple[str, ...]  # the spec forms, for help and error messages
+    parse: Callable[[str, str], SourceSpec]  # (text after "name:", whole spec) -> spec
+    # (spec, width, height, fps) -> a function that opens the device (run on the capture
+    # thread, and again on every reconnect); ValueError for a spec that can never work.
+    opener: Callable[[SourceSpec, int, int, float], Callable[[], Capture]]
+
+
+SOURCE_TYPES: dict[str, SourceType] = {
+    t.name: t
+    for t in (
+        SourceType(
+            "webcam",
+            ("webcam", "webcam:N", "webcam:/dev/videoN"),
+            _parse_webcam,
+            lambda s, w, h, fps: lambda: WebcamCapture(s.device, w, h, fps),
+        ),
+        SourceType(
+            "screen",
+            ("screen", "screen:N", "screen:x,y,w,h"),
+            _parse_screen,
+            lambda s, w, h, fps: lambda: ScreenCapture(s.monitor, s.region),
+        ),
+        SourceType("file", ("file:PATH",), _parse_file, _file_opener),
+        SourceType(
+            "demo", ("demo",), _parse_demo, lambda s, w, h, fps: lambda: DemoCapture(w, h, fps)
+        ),
+    )
+}

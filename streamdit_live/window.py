@@ -1,6 +1,8 @@
 """The preview window output: a PyQt6 window in a helper process, fed through shared memory.
 
-Qt is imported only inside that process (`_preview_main`), never in the engine's.
+Qt is imported only inside that process (`_preview_main`), never in the engine's. When the
+user closes the window the process ends (exit status 0) and the next write raises
+`SinkClosed`, so the run can end (it was the only output) or go on without it.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ import sys
 
 import numpy as np
 
-from streamdit_live.sink_base import Sink, SinkUnavailable
+from streamdit_live.sink_base import Sink, SinkClosed, SinkUnavailable
 
 
 def _preview_main(
-    title: str, width: int, height: int, fps: float, pixels, seq, shown, stop, ready
+    title: str, width: int, height: int, fps: float, pixels, seq, shown, stop, close, ready
 ) -> None:
-    """The preview window's process: Qt lives here only, away from the engine's threads."""
+    """The preview window's process: Qt lives here only, away from the engine's threads.
+
+    `stop` quits (the sink closes); `close` closes the window as its close button does.
+    """
     try:
         from PyQt6 import QtCore, QtGui, QtWidgets
 
@@ -40,6 +45,9 @@ def _preview_main(
         nonlocal last_seq
         if stop.is_set() or os.getppid() != parent:  # closed, or the app died
             app.quit()
+            return
+        if close.is_set():
+            label.close()  # the close button's path: the last window closes, Qt quits
             return
         with pixels.get_lock():
             if seq.value == last_seq:
@@ -68,7 +76,8 @@ class WindowSink(Sink):
     """A PyQt6 preview in a helper process, fed through shared memory (latest frame wins).
 
     A separate process keeps Qt's main-thread rule away from the engine and keeps a slow
-    paint from ever blocking a write. Closing the window ends this sink.
+    paint from ever blocking a write. Closing the window ends this sink: the next write
+    raises `SinkClosed` (a crash of the window's process raises RuntimeError instead).
     """
 
     def __init__(
@@ -89,8 +98,9 @@ class WindowSink(Sink):
         self._seq = ctx.Value("Q", 0, lock=False)  # guarded by the pixels' lock
         self._shown = ctx.Value("Q", 0)
         self._stop = ctx.Event()
+        self._close = ctx.Event()
         ready_rx, ready_tx = ctx.Pipe(duplex=False)
-        shared = (self._pixels, self._seq, self._shown, self._stop, ready_tx)
+        shared = (self._pixels, self._seq, self._shown, self._stop, self._close, ready_tx)
         self._process = ctx.Process(
             target=_preview_main,
             args=(title, width, height, fps, *shared),
@@ -120,9 +130,16 @@ class WindowSink(Sink):
         """Frames the window has painted (fewer than written when it paints slower)."""
         return self._shown.value
 
+    def request_close(self) -> None:
+        """Close the window as a click on its close button does (a GUI menu, tests)."""
+        self._close.set()
+
     def _send(self, frame: np.ndarray) -> None:
         if not self._process.is_alive():
-            raise RuntimeError("the preview window was closed")
+            code = self._process.exitcode
+            if code == 0:
+                raise SinkClosed("preview window was closed")
+            raise RuntimeError(f"the preview window's process ended with status {code}")
         with self._pixels.get_lock():
             self._view[...] = frame
             self._seq.value += 1

@@ -32,6 +32,7 @@ class Collector:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self.events: list[EmittedFrame | str] = []
+        self.kept_last: list[bool] = []  # each flush's keep_last
 
     def push(self, frames):
         with self._cond:
@@ -41,6 +42,7 @@ class Collector:
     def flush(self, keep_last: bool = False) -> None:
         with self._cond:
             self.events.append("flush")
+            self.kept_last.append(keep_last)
             self._cond.notify_all()
 
     def frames(self, after: int = 0) -> list[EmittedFrame]:
@@ -115,6 +117,37 @@ def test_reset_flushes_and_restarts_the_same_stream(models):
     for a, b in zip(before[:chunk], fresh[:chunk], strict=True):
         np.testing.assert_array_equal(a.frame, b.frame)
     assert len(after) > len(before) - 1
+
+
+def test_a_storm_of_restarts_is_coalesced_and_each_new_stream_shows_frames(models):
+    """Resets, seeds and strengths asked for every 10 ms (an OSC storm, a strength fader):
+    each used to restart the stream at the next step, so no chunk came out while it lasted.
+    Now they merge into at most one restart per chunk period, each new stream emits before
+    the next restart, and the outputs keep the last frame meanwhile."""
+    out = Collector()
+    with Engine(text_controls(fps=24.0), models, out) as engine:
+        out.wait_for(lambda f: len(f) >= 4)
+        before = engine.epoch
+        requests = [
+            engine.reset,
+            lambda: engine.apply({"seed": len(out.events) % 1000}),
+            lambda: engine.apply({"strength": 0.2 + 0.1 * (len(out.events) % 7)}),
+        ]
+        start = time.monotonic()
+        sent = 0
+        while time.monotonic() - start < 2.0:
+            requests[sent % 3]()
+            sent += 1
+            time.sleep(0.01)  # the storm's own pace, not a handshake
+        elapsed = time.monotonic() - start
+        restarts = engine.restarts
+        # After the storm the last request still runs, and its stream comes out.
+        out.wait_for(lambda f: f[-1].epoch > before and f[-1].epoch == engine.epoch)
+    chunk_period = 4 / 24  # the tiny codec: 4 frames per latent frame, at 24 fps
+    assert 2 <= restarts <= elapsed / chunk_period + 1 < sent
+    shown = {f.epoch for f in out.frames() if f.epoch > before}
+    assert len(shown) >= restarts - 1  # (almost) every new stream emitted before the next
+    assert all(out.kept_last[1:])  # every restart keeps the last frame on the outputs
 
 
 def test_prompt_and_crossfade_apply_between_steps(models):
@@ -234,19 +267,3 @@ def test_video_mode_with_bigger_chunks_and_micro_steps(models):
     captures = [f.t_capture for f in frames]
     assert None not in captures and captures == sorted(captures)
     assert len(frames) % 8 == 0
-
-
-def test_weights_load_from_checkpoints_and_wrong_kinds_are_refused(models, tmp_path):
-    from model.checkpoint import CheckpointError, save_checkpoint
-
-    save_checkpoint(tmp_path / "dit.safetensors", models.dit, models.dit.cfg, "streamdit")
-    models.ae.save(tmp_path / "ae.safetensors")
-    loaded = build_models("tiny", torch.device("cpu"), [tmp_path], text=models.text)
-    assert loaded.trained
-    for name, tensor in models.dit.state_dict().items():
-        torch.testing.assert_close(loaded.dit.state_dict()[name], tensor)
-    other = tmp_path / "other"
-    other.mkdir()
-    save_checkpoint(other / "x.safetensors", models.ae, models.ae.cfg, "discriminator")
-    with pytest.raises(CheckpointError, match="--weights takes streamdit or autoencoder"):
-        build_models("tiny", torch.device("cpu"), [other / "x.safetensors"], text=models.text)

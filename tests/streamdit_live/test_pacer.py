@@ -16,6 +16,7 @@ from streamdit_live.pacer import (
     next_wakeup,
     pull,
     push,
+    restart_due,
 )
 
 FPS = 30.0
@@ -134,6 +135,69 @@ def test_flush_forgets_buffered_frames():
     assert pull(kept, TICK)[1:] == ("old1", PacerEvent.REPEATED)
     fresh = push(flushed, ["new"], 2 * TICK)
     assert pull(fresh, 2 * TICK)[1:] == ("new", PacerEvent.EMITTED)
+
+
+def test_a_restart_repeats_the_last_frame_on_every_tick_until_the_new_stream():
+    """A reset while paused used to flush the last frame too: the outputs got nothing at all
+    until unpause (a 15 s hole in a recording)."""
+    state = new_pacer(PacerConfig(fps=FPS, target_depth=2))
+    state, outputs = run(state, {0: ["a", "b"]}, 3)  # shows a, b, then holds b (paused)
+    restart = flush(state, keep_last=True)
+    ticks = [pull(restart, (3 + i) * TICK + 1e-9) for i in range(60)]  # 2 s, nothing new
+    restart = ticks[-1][0]
+    seen = [(frame, event) for _, frame, event in ticks]
+    assert seen == [("b", PacerEvent.REPEATED)] * 60  # a frame on every tick, never a hole
+    # The new stream's first burst comes 2 s after the last push: that gap is the restart,
+    # not slow input, so its frames play at the full rate instead of being spread out.
+    now = 63 * TICK + 1e-9
+    restart = push(restart, ["n1", "n2", "n3", "n4"], now)
+    assert restart.input_rate is None or restart.input_rate >= 0.9 * FPS
+    shown = []
+    for i in range(4):
+        restart, frame, _ = pull(restart, now + i * TICK)
+        shown.append(frame)
+    assert shown == ["n1", "n2", "n3", "n4"]
+
+
+def test_restarts_are_coalesced_to_one_per_chunk_period_and_each_stream_shows_a_chunk():
+    period, hold = 4 / 24, 3.0
+    assert restart_due(None, None, period, hold) == float("-inf")  # never restarted: now
+    # Emitted its first chunk at 10.5: it plays for one chunk period before the next restart.
+    assert restart_due(10.0, 10.5, period, hold) == pytest.approx(10.5 + period)
+    # A first chunk that comes at once still leaves a chunk period between two restarts.
+    assert restart_due(10.0, 10.0, period, hold) == pytest.approx(10.0 + period)
+    # Not emitted yet (video mode gathers input first): it gets up to `hold` to do so.
+    assert restart_due(10.0, None, period, hold) == pytest.approx(13.0)
+    assert restart_due(10.0, None, 5.0, hold) == pytest.approx(15.0)  # never under a period
+
+
+def test_a_restart_storm_keeps_every_tick_and_still_shows_new_frames():
+    """The pacer and the coalescing rule together, on a fake clock: restarts are asked for
+    on every tick (a strength fader swept over OSC); the engine's stream needs 0.5 s from a
+    restart to its first chunk of 4 frames. Before, the output stopped while the storm
+    lasted."""
+    fps, chunk, startup = 24.0, 4, 0.5
+    period = chunk / fps
+    state = new_pacer(PacerConfig(fps=fps, target_depth=2))
+    state = push(state, ["start"] * 2, 0.0)
+    restarted, first, restarts = 0.0, 0.0, 0
+    frames, new_at = [], []
+    for i in range(int(10 * fps)):  # 10 s of storm, one tick (and one request) at a time
+        now = i / fps + 1e-9
+        if now >= restart_due(restarted, first, period, 3.0):
+            restarted, first, restarts = now, None, restarts + 1
+            state = flush(state, keep_last=True)
+        if first is None and now >= restarted + startup:
+            first = now
+            state = push(state, [f"r{restarts}.{k}" for k in range(chunk)], now)
+        state, frame, event = pull(state, now)
+        frames.append(frame)
+        if event is PacerEvent.EMITTED:
+            new_at.append(now)
+    assert None not in frames  # a frame on every tick
+    assert restarts <= 10 / period  # at most one restart per chunk period
+    assert len(new_at) >= 0.8 * 10 / (startup + period) * 2  # new frames all along
+    assert max(b - a for a, b in zip(new_at, new_at[1:], strict=False)) < 2 * (startup + period)
 
 
 def test_a_stalled_caller_skips_missed_ticks_instead_of_bursting():

@@ -211,15 +211,55 @@ class BrokenSink(Sink):
 def test_sink_set_drops_a_failing_sink_and_keeps_the_others(tmp_path, no_backends, caplog):
     path = str(tmp_path / "out.avi")
     outputs = open_sinks(["virtualcam", f"file:{path}"], width=32, height=32, fps=30.0)
-    assert len(outputs) == 1 and outputs.failed == [virtualcam_help(platform.system())]
+    help_text = virtualcam_help(platform.system())
+    assert len(outputs) == 1 and outputs.failed == [
+        f"Output virtualcam is unavailable: {help_text}"
+    ]
     outputs.add(BrokenSink())
     with outputs:
         for i in range(10):
             outputs.write(demo_frame(i, 32, 32))
         assert [s.name for s in outputs.sinks] == [f"file:{path}"]
-    assert "Output broken failed (device gone) and was dropped" in outputs.failed[-1]
+    assert outputs.failed[-1] == "Output broken failed (device gone)."
+    assert outputs.ended is None
     assert len(read_video(path)) == 10
-    assert any("was dropped" in r.getMessage() for r in caplog.records)
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"Output broken failed (device gone); the run goes on with file:{path}." in messages
+    assert any(m.endswith("The others go on.") for m in messages)  # virtualcam, at opening
+
+
+def test_when_the_only_output_fails_nothing_says_the_others_go_on(tmp_path, no_backends, caplog):
+    """It said "The others go on" with no other, and the run printed it twice. Now the set
+    logs nothing and says, once, in `ended`, why the run ends; the caller prints it."""
+    outputs = open_sinks(["virtualcam"], width=32, height=32, fps=30.0)
+    assert len(outputs) == 0 and outputs.failed[0].startswith("Output virtualcam is unavailable")
+    assert not caplog.records  # the caller says it, once
+    outputs = SinkSet([BrokenSink()])
+    outputs.write(demo_frame(0, 8, 8))
+    assert len(outputs) == 0 and outputs.all_failed
+    assert outputs.ended == (
+        "Output broken failed (device gone), and no output is left; the run ends."
+    )
+    assert not caplog.records
+
+
+def test_a_failed_run_removes_empty_recordings_and_keeps_the_others(tmp_path):
+    empty, recorded, kept = (str(tmp_path / name) for name in ("e.mp4", "r.mp4", "k.mp4"))
+    outputs = open_sinks([f"file:{empty}", f"file:{recorded}"], 32, 32, 30.0)
+    assert os.path.exists(empty)  # the writer creates the file when it opens
+    outputs.sinks[1].write(demo_frame(0, 32, 32))
+    outputs.close(failed=True)
+    assert not os.path.exists(empty)  # a failed run leaves no empty .mp4 behind
+    assert len(read_video(recorded)) == 1  # frames already recorded are never thrown away
+    with open_sinks([f"file:{kept}"], 32, 32, 30.0):
+        pass  # a clean stop, even before the first frame: the recording is the user's
+    assert os.path.exists(kept)
+    with (
+        pytest.raises(RuntimeError, match="the engine stopped"),
+        SinkSet([FileSink(empty, 32, 32, 30.0)]),
+    ):
+        raise RuntimeError("the engine stopped")
+    assert not os.path.exists(empty)
 
 
 def test_open_sinks_checks_every_spec_before_opening_any(tmp_path):
@@ -352,3 +392,30 @@ def test_open_sinks_opens_a_virtual_camera_at_the_common_size(no_backends):
     backend = FakeCamBackend.last
     assert backend.size == (1280, 720)
     assert backend.frames[0].reshape(720, 1280, 3).std() > 5  # the frame, filling the picture
+
+
+def test_a_new_output_is_one_registry_entry(monkeypatch, tmp_path):
+    """NDI, Spout or Syphon: one `OutputType` and one line in OUTPUT_TYPES, and the spec
+    parses, opens in a SinkSet beside the others and shows in the error for a typo."""
+    from streamdit_live.sinks import OUTPUT_TYPES, OutputType, SinkSpec, open_sinks, parse_sink
+
+    written = []
+
+    class NullSink(Sink):
+        def _send(self, frame):
+            written.append(frame.shape)
+
+    def parse(arg, spec):
+        return SinkSpec("null", path=arg)
+
+    entry = OutputType(
+        "null", ("null:NAME",), parse, lambda s, w, h, fps: NullSink(f"null:{s.path}", w, h, fps)
+    )
+    monkeypatch.setitem(OUTPUT_TYPES, "null", entry)
+    assert parse_sink("null:studio") == SinkSpec("null", path="studio")
+    with open_sinks(["null:studio", f"file:{tmp_path / 'a.avi'}"], 64, 48, 24.0) as sinks:
+        assert [s.name for s in sinks.sinks] == ["null:studio", f"file:{tmp_path / 'a.avi'}"]
+        sinks.write(np.zeros((48, 64, 3), np.uint8))
+    assert written == [(48, 64, 3)]
+    with pytest.raises(ValueError, match="null:NAME"):
+        parse_sink("nul:studio")

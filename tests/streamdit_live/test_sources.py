@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 import cv2
@@ -21,6 +22,7 @@ from streamdit_live.sources import (
     demo_frame,
     open_source,
     parse_source,
+    start_problem,
 )
 
 FAST = Backoff(initial_s=0.02, factor=2.0, max_s=0.1)
@@ -228,3 +230,77 @@ def test_screen_source_without_a_display_says_so(monkeypatch):
     with open_source("screen", backoff=FAST) as source:
         assert wait_for(lambda: source.health().failures >= 1)
         assert "is a display available" in source.health().last_error
+
+
+def test_a_file_that_is_not_a_video_fails_at_start_up_in_seconds(tmp_path, caplog):
+    """It used to be retried with backoff for 180 s before the run gave up (exit 1)."""
+    junk = tmp_path / "notes.mp4"
+    junk.write_bytes(os.urandom(4096))
+    caplog.set_level(logging.DEBUG, logger="streamdit_live.sources")
+    start = time.monotonic()
+    with open_source(f"file:{junk}", 32, 32, 30.0) as source:  # the default backoff
+        health = source.wait_first_frame(timeout=10.0)
+    waited = time.monotonic() - start
+    assert health.frames == 0 and health.failures >= 3
+    assert waited < 4.0, f"took {waited:.1f} s to give up"
+    assert start_problem(health) == (
+        f"No frame came from file:{junk} at start-up (file {junk} could not be opened: does it "
+        "exist and is it a video?); check it or pick another source with --source."
+    )
+    # Until a first frame, the retries are not the user's news: that one sentence is.
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_working_source_starts_at_once_and_a_silent_one_times_out():
+    with open_source("demo", 16, 16, 30.0) as source:
+        start = time.monotonic()
+        health = source.wait_first_frame(timeout=10.0)
+        assert health.frames >= 1 and time.monotonic() - start < 2.0
+        assert start_problem(health) is None
+
+    class Silent:  # opens, then never delivers: the device hangs in grab()
+        paced, fps = True, None
+
+        def __init__(self) -> None:
+            self.released = threading.Event()
+
+        def grab(self) -> np.ndarray:
+            self.released.wait(10.0)
+            raise CaptureError("silent camera closed.")
+
+        def close(self) -> None:
+            self.released.set()
+
+    device = Silent()
+    with Source(lambda: device, name="silent", width=8, height=8) as source:
+        health = source.wait_first_frame(timeout=0.3)
+        device.released.set()
+    assert health.frames == 0 and health.failures == 0 and health.connected
+    assert start_problem(health) == (
+        "No frame came from silent at start-up; check it or pick another source with --source."
+    )
+
+
+def test_a_new_source_is_one_registry_entry(monkeypatch):
+    """A new kind of source: one `SourceType` and one line in SOURCE_TYPES."""
+    from streamdit_live.sources import SOURCE_TYPES, SourceType, open_source
+
+    class Gray:
+        paced, fps = False, None
+
+        def grab(self):
+            return np.full((10, 20, 3), 128, np.uint8)
+
+        def close(self):
+            pass
+
+    entry = SourceType(
+        "gray", ("gray",), lambda arg, spec: SourceSpec("gray"), lambda s, w, h, fps: Gray
+    )
+    monkeypatch.setitem(SOURCE_TYPES, "gray", entry)
+    assert parse_source("gray") == SourceSpec("gray") and str(SourceSpec("gray")) == "gray"
+    with open_source("gray", 32, 16, 30.0) as source:
+        captured = source.read(timeout=5.0)
+    assert captured is not None and captured.frame.shape == (16, 32, 3)
+    with pytest.raises(ValueError, match="demo or gray"):
+        parse_source("grey")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from support import Feeder, wait_for
 
-from streamdit_live.sink_base import SinkUnavailable
-from streamdit_live.sinks import open_sink
+from streamdit_live.sink_base import SinkClosed, SinkUnavailable
+from streamdit_live.sinks import SinkSet, open_sink
 from streamdit_live.sources import open_source
 from streamdit_live.window import WindowSink
 
@@ -21,6 +21,32 @@ def test_window_preview_runs_in_its_own_process(monkeypatch):
         assert wait_for(lambda: window.frames_shown >= 3, timeout=10.0)
         pid = window._process.pid
     assert not window._process.is_alive(), f"preview process {pid} outlived close()"
+
+
+def test_closing_the_window_is_a_close_not_a_failure(monkeypatch, tmp_path, caplog):
+    """The user closes the preview: its next write says so (SinkClosed, not an error), and
+    a set with other outputs goes on with them and says so."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="streamdit_live.sinks")
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    recording = open_sink(f"file:{tmp_path / 'rec.avi'}", 64, 48, 30.0)
+    window = WindowSink(64, 48, 30.0)
+    with SinkSet([window, recording]) as outputs:
+        frame = np.zeros((48, 64, 3), np.uint8)
+        outputs.write(frame)
+        assert wait_for(lambda: window.frames_shown >= 1, timeout=10.0)
+        window.request_close()  # what the window's close button does
+        window._process.join(10.0)
+        assert window._process.exitcode == 0  # Qt quit because its last window closed
+        with pytest.raises(SinkClosed, match="preview window was closed"):
+            window.write(frame)
+        outputs.write(frame)
+        assert [s.name for s in outputs.sinks] == [recording.name] and outputs.ended is None
+    assert outputs.failed == []  # closed by the user: nothing failed
+    assert (
+        f"The preview window was closed; the run goes on with {recording.name}." in caplog.messages
+    )
 
 
 def test_window_without_a_display_is_unavailable(monkeypatch):
