@@ -91,7 +91,9 @@ class StreamDiTConfig(ConfigDict):
 
 
 CONFIGS: dict[str, StreamDiTConfig] = {
-    # Tests: builds and runs a forward pass in milliseconds.
+    # The app's default (`--model tiny`, every shipped preset but `detail` and `gpu-quality`)
+    # and the tests' model: 0.17 M parameters, 2.8 ms per call on one core at its 4x16x16
+    # grid; the live pipeline holds 30 fps at 256x256 with it on 2 CPU cores (PERFORMANCE.md).
     "tiny": StreamDiTConfig(
         latent_channels=4,
         patch_size=(1, 2, 2),
@@ -105,9 +107,12 @@ CONFIGS: dict[str, StreamDiTConfig] = {
         latent_frames=4,
         latent_size=(16, 16),
     ),
-    # The shipped default: 256x256 through an 8x spatial / 4x temporal autoencoder gives a
-    # 32x32 latent, 16x16 tokens per latent frame; a buffer of 8 latent frames (32 video
-    # frames) is 2048 tokens per model call. Sized to stream in real time on 2 CPU cores.
+    # The bigger CPU model (8.23 M parameters), the size training/configs/cpu.toml trains:
+    # 256x256 through an 8x spatial / 4x temporal autoencoder gives a 32x32 latent, 16x16
+    # tokens per latent frame; a buffer of 8 latent frames (32 video frames) is 2048 tokens
+    # per model call. Sized for 2 CPU cores in video mode, where a low strength keeps few
+    # stages in the buffer: 24 fps with 2-frame chunks (preset `detail`). Text mode steps the
+    # whole buffer, 446 ms per call on one core, so it wants a GPU (preset `gpu-quality`).
     "cpu": StreamDiTConfig(
         latent_channels=8,
         patch_size=(1, 2, 2),
@@ -120,8 +125,10 @@ CONFIGS: dict[str, StreamDiTConfig] = {
         latent_frames=8,
         latent_size=(32, 32),
     ),
-    # The paper's scale: 512p video through the same autoencoder family is a 16x64x64
-    # latent with 8 channels; patch 1x2x2 gives 16x32x32 = 16384 tokens per call.
+    # The paper's scale, for GPUs: 4.04 B parameters (counted on the meta device). 512p video
+    # through the same autoencoder family is a 16x64x64 latent with 8 channels; patch 1x2x2
+    # gives 16x32x32 = 16384 tokens per call. text_dim is the paper's text encoder width;
+    # training/configs/4b.toml sets MiniLM's 384 instead, so the app can run what it trains.
     "4b": StreamDiTConfig(
         latent_channels=8,
         patch_size=(1, 2, 2),
