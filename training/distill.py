@@ -45,29 +45,19 @@ from model.dit import StreamDiT
 from model.partition import PartitionScheme, step_times
 from model.stream import guided_velocity
 from training import distributed
-from training.config import ConfigError, RunSection, TrainConfig, run_cli, to_dict
+from training.config import ConfigError, RunSection, TrainConfig, run_cli
 from training.ema import EMA
 from training.harness import (
-    Cadence,
-    Harness,
     autocast,
     optimizer_step,
-    per_rank_batch,
     session,
-    use_bf16,
     weights_digest,
 )
-from training.objective import resolve_chunk_sizes, step_generator
+from training.objective import step_generator
 from training.train import (
-    build_autoencoder,
-    build_text_encoder,
-    calibrate_random,
     export_streamdit,
-    geometry,
     lr_at,
-    model_config,
-    pairing_record,
-    save_random_autoencoder,
+    setup,
     stage_batches,
     to_latents,
 )
@@ -238,22 +228,9 @@ def distill(cfg: DistillConfig) -> dict:
 
 
 def _distill(cfg: DistillConfig, env: distributed.DistEnv) -> dict:
-    run = Harness(cfg.run.out_dir, env, to_dict(cfg), Cadence.of(cfg.run))
-    per_rank = per_rank_batch(cfg.optim.batch_size, env)
-    device = env.device
-    bf16 = use_bf16(cfg.run.precision, device)
-
-    net_cfg = model_config(cfg)
-    ae = build_autoencoder(cfg, device)
-    text_encoder = build_text_encoder(cfg, device)
-    geo = geometry(cfg, ae)
-    chunk_sizes = resolve_chunk_sizes(
-        net_cfg.latent_frames, cfg.flow.ref_frames, cfg.flow.chunk_sizes
+    run, per_rank, device, bf16, net_cfg, ae, text_encoder, geo, chunk_sizes, record = setup(
+        cfg, env
     )
-    if not cfg.data.latent_cache:
-        calibrate_random(cfg, ae, geo, device)
-    record = pairing_record(cfg, ae, geo)
-    save_random_autoencoder(cfg, ae, env.is_main)
     teacher = load_teacher(cfg, net_cfg, record, device)
 
     with torch.device(device):

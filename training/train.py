@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -256,12 +257,25 @@ def train(cfg: TrainConfig) -> dict:
         return _train(cfg, env)
 
 
-def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
+class Setup(NamedTuple):
+    """What a DiT trainer (`train`, `distill`) sets up before its loop, the same way."""
+
+    run: Harness
+    per_rank: int  # batch size on this process
+    device: torch.device
+    bf16: bool
+    net_cfg: StreamDiTConfig
+    ae: VideoAutoencoder  # frozen; calibrated when random
+    text_encoder: Any
+    geo: Geometry
+    chunk_sizes: list[int]
+    record: dict[str, str]  # `pairing_record`, written into every export
+
+
+def setup(cfg: TrainConfig, env: distributed.DistEnv) -> Setup:
     run = Harness(cfg.run.out_dir, env, to_dict(cfg), Cadence.of(cfg.run))
     per_rank = per_rank_batch(cfg.optim.batch_size, env)
     device = env.device
-    bf16 = use_bf16(cfg.run.precision, device)
-
     net_cfg = model_config(cfg)
     ae = build_autoencoder(cfg, device)
     text_encoder = build_text_encoder(cfg, device)
@@ -273,6 +287,14 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
         calibrate_random(cfg, ae, geo, device)
     record = pairing_record(cfg, ae, geo)
     save_random_autoencoder(cfg, ae, env.is_main)
+    bf16 = use_bf16(cfg.run.precision, device)
+    return Setup(run, per_rank, device, bf16, net_cfg, ae, text_encoder, geo, chunk_sizes, record)
+
+
+def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
+    run, per_rank, device, bf16, net_cfg, ae, text_encoder, geo, chunk_sizes, record = setup(
+        cfg, env
+    )
 
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     with torch.device(device):
