@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +16,30 @@ import numpy as np
 
 from streamdit_live.sink_base import Sink
 from streamdit_live.sources import demo_frame
+
+
+def torchrun(module: str, args: list[str], cwd: Path, timeout: float = 180.0) -> str:
+    """`python -m <module> ARGS` under `torchrun --standalone --nproc-per-node 2` (one thread
+    each); its stdout. Started in its own session, so a hang is killed whole, workers and
+    all (killing torchrun alone would orphan them)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    proc = subprocess.Popen(
+        [*cmd, "-m", module, *args],
+        cwd=cwd,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError(f"torchrun did not finish within {timeout:.0f} s") from None
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import support
 import torch
 from torch import nn
 
@@ -203,23 +200,8 @@ def test_a_wrong_or_missing_teacher_is_one_sentence(teacher, tmp_path, capsys):
 def _torchrun(teacher: Path, out: Path, *overrides: str) -> str:
     """`python -m training.distill` under `torchrun --nproc-per-node 2` (gloo); its stdout."""
     sets = [*QUIET, f"distill.teacher={teacher}", f"run.out_dir={out}", *overrides]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "training.distill", str(DISTILL), *[a for o in sets for a in ("--set", o)],
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,  # a hang is cleaned up whole, workers included
-    )  # fmt: skip
-    try:
-        stdout, stderr = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("torchrun did not finish within 180 s")
-    assert proc.returncode == 0, stderr[-3000:]
-    return stdout
+    args = [str(DISTILL), *[a for o in sets for a in ("--set", o)]]
+    return support.torchrun("training.distill", args, ROOT)
 
 
 @pytest.mark.slow

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import support
 import torch
 
 from model.autoencoder import AE_CONFIGS, VideoAutoencoder
@@ -97,38 +94,9 @@ def test_learning_rate_schedule_is_per_stage_warmup():
 
 def torchrun(out: Path, *overrides: str) -> str:
     """Run the tiny trainer under `torchrun --nproc-per-node 2` (gloo); returns stdout."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "training.train",
-        str(TINY),
-        *[a for o in (*QUIET, f"run.out_dir={out}", *overrides) for a in ("--set", o)],
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # Own session, so a hang can be cleaned up whole: killing torchrun alone would orphan
-    # its two workers.
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("torchrun did not finish within 180 s")
-    assert proc.returncode == 0, stderr[-3000:]
-    return stdout
+    sets = [*QUIET, f"run.out_dir={out}", *overrides]
+    args = [str(TINY), *[a for o in sets for a in ("--set", o)]]
+    return support.torchrun("training.train", args, ROOT)
 
 
 @pytest.mark.slow
