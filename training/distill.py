@@ -46,7 +46,6 @@ from model.partition import PartitionScheme, step_times
 from model.stream import guided_velocity
 from training import distributed
 from training.config import ConfigError, RunSection, TrainConfig, run_cli
-from training.ema import EMA
 from training.harness import (
     autocast,
     optimizer_step,
@@ -57,6 +56,7 @@ from training.objective import step_generator
 from training.train import (
     export_streamdit,
     lr_at,
+    optimizer_and_ema,
     setup,
     stage_batches,
     to_latents,
@@ -238,13 +238,7 @@ def _distill(cfg: DistillConfig, env: distributed.DistEnv) -> dict:
     net.load_state_dict(teacher.state_dict())  # the student starts as the teacher
     teacher = distributed.wrap_frozen(teacher, cfg.run.strategy, env)
     student = distributed.wrap(net, cfg.run.strategy, env)
-    opt = torch.optim.AdamW(
-        net.parameters(),
-        lr=cfg.stages[0].lr,
-        betas=tuple(cfg.optim.betas),
-        weight_decay=cfg.optim.weight_decay,
-    )
-    ema = EMA(net, cfg.optim.ema_decay)
+    opt, ema = optimizer_and_ema(cfg, net)
 
     step = run.resume(net, opt, ema)
     end = min(cfg.total_steps, cfg.run.max_steps or cfg.total_steps)

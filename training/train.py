@@ -291,6 +291,17 @@ def setup(cfg: TrainConfig, env: distributed.DistEnv) -> Setup:
     return Setup(run, per_rank, device, bf16, net_cfg, ae, text_encoder, geo, chunk_sizes, record)
 
 
+def optimizer_and_ema(cfg: TrainConfig, net: nn.Module) -> tuple[torch.optim.AdamW, EMA]:
+    """AdamW at the first stage's rate (the harness sets each step's rate) and the EMA."""
+    opt = torch.optim.AdamW(
+        net.parameters(),
+        lr=cfg.stages[0].lr,
+        betas=tuple(cfg.optim.betas),
+        weight_decay=cfg.optim.weight_decay,
+    )
+    return opt, EMA(net, cfg.optim.ema_decay)
+
+
 def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     run, per_rank, device, bf16, net_cfg, ae, text_encoder, geo, chunk_sizes, record = setup(
         cfg, env
@@ -300,13 +311,7 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     with torch.device(device):
         net = StreamDiT(net_cfg)
     model = distributed.wrap(net, cfg.run.strategy, env)
-    opt = torch.optim.AdamW(
-        net.parameters(),
-        lr=cfg.stages[0].lr,
-        betas=tuple(cfg.optim.betas),
-        weight_decay=cfg.optim.weight_decay,
-    )
-    ema = EMA(net, cfg.optim.ema_decay)
+    opt, ema = optimizer_and_ema(cfg, net)
 
     step = run.resume(net, opt, ema)
     end = min(cfg.total_steps, cfg.run.max_steps or cfg.total_steps)
