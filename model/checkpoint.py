@@ -234,14 +234,15 @@ def state_digest(module: nn.Module) -> str:
     return tensor_digest(module.state_dict())
 
 
-def file_digest(path: str | Path, prefix: str = "") -> str:
+def file_digest(path: str | Path, prefix: str = "", skip: str | None = None) -> str:
     """`tensor_digest` of the tensors under `prefix` in a file (prefix stripped from the
-    names), read one at a time."""
+    names), leaving out names (after the prefix) that start with `skip`; read one at a time."""
     read_metadata(path)  # one sentence for a missing or damaged file
     h = hashlib.sha256()
     with safe_open(str(path), framework="pt") as f:
         for name in sorted(n for n in list(f.keys()) if n.startswith(prefix)):
-            _digest_update(h, name[len(prefix) :], f.get_tensor(name))
+            if skip is None or not name[len(prefix) :].startswith(skip):
+                _digest_update(h, name[len(prefix) :], f.get_tensor(name))
     return h.hexdigest()
 
 

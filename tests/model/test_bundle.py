@@ -12,6 +12,7 @@ from model.bundle import (
     TEXT_STUB,
     BundleError,
     TextEncoderId,
+    latent_space_digest,
     load_bundle,
     main,
     minilm_id,
@@ -20,7 +21,7 @@ from model.bundle import (
     save_bundle,
     training_record,
 )
-from model.checkpoint import CheckpointError, state_digest
+from model.checkpoint import CheckpointError
 
 MINILM = minilm_id()
 AE_TAG = "runs/ae/autoencoder.safetensors"  # what train.py records today: a path
@@ -74,7 +75,7 @@ def test_round_trip_keeps_both_networks_and_what_they_were_trained_with(tmp_path
     assert info.model == "tiny" and bundle.text_encoder == MINILM
     assert bundle.trained_sizes == ((64, 64),) and info.evaluated_sizes == ((256, 256),)
     assert info.sizes == ((256, 256), (64, 64)) and info.default_size == (256, 256)
-    assert info.autoencoder_digest == state_digest(ae)
+    assert info.autoencoder_digest == latent_space_digest(ae)
     assert info.provenance == {"recipe": "test"}
     assert bundle.metadata["kind"] == "bundle"
     with safe_open(str(path), framework="pt") as f:
@@ -137,6 +138,22 @@ def test_pack_refuses_an_autoencoder_the_dit_was_not_trained_with(tmp_path, caps
     assert code == 2 and not out.exists()
     assert err.startswith("python -m model.bundle: the DiT") and err.count("\n") == 1
     assert "give the autoencoder it was trained with" in err
+
+
+def test_a_decoder_fine_tuned_for_the_same_encoder_pairs_and_a_new_encoder_does_not(tmp_path):
+    """The DiT learned the encoder's latent space; the decoder only reads it."""
+    dit, ae = _parts()
+    dit_path = _trained_dit(tmp_path, dit, ae)
+    with torch.no_grad():
+        next(ae.decoder.parameters()).add_(0.1)
+    tuned = ae.save(tmp_path / "tuned.safetensors")
+    bundle = load_bundle(pack(dit_path, tuned, tmp_path / "b.safetensors"))
+    torch.testing.assert_close(bundle.autoencoder.state_dict(), ae.state_dict())
+    with torch.no_grad():
+        next(ae.encoder.parameters()).add_(0.1)
+    moved = ae.save(tmp_path / "moved.safetensors")
+    with pytest.raises(BundleError, match="was trained with autoencoder .* but .*moved"):
+        pack(dit_path, moved, tmp_path / "c.safetensors")
 
 
 def test_pack_refuses_a_dit_that_records_no_autoencoder_digest(tmp_path):
