@@ -107,21 +107,21 @@ CONFIGS: dict[str, StreamDiTConfig] = {
         latent_frames=4,
         latent_size=(16, 16),
     ),
-    # The bigger CPU model (8.23 M parameters), the size training/configs/cpu.toml trains:
-    # 256x256 through an 8x spatial / 4x temporal autoencoder gives a 32x32 latent, 16x16
-    # tokens per latent frame; a buffer of 8 latent frames (32 video frames) is 2048 tokens
-    # per model call. Sized for 2 CPU cores in video mode, where a low strength keeps few
-    # stages in the buffer: 24 fps with 2-frame chunks (preset `detail`). Text mode steps the
-    # whole buffer, 446 ms per call on one core, so it wants a GPU (preset `gpu-quality`).
+    # The shipped model (`--model cpu`, every shipped preset but `gpu-quality`'s text mode on
+    # GPUs): 1.9 M parameters. 256x256 through the 8x spatial / 4x temporal autoencoder gives
+    # a 32x32 latent, 16x16 tokens per latent frame; a full buffer of 8 latent frames (32
+    # video frames) is 2048 tokens per call. Sized for what 2 CPU cores can train in hours
+    # (about compute-optimal for that budget) and stream in real time (PERFORMANCE.md).
     "cpu": StreamDiTConfig(
         latent_channels=8,
         patch_size=(1, 2, 2),
-        dim=256,
-        depth=8,
+        dim=128,
+        depth=6,
         heads=4,
         mlp_ratio=3.0,
         window=(4, 8, 8),
         text_len=32,
+        freq_dim=128,
         latent_frames=8,
         latent_size=(32, 32),
     ),

@@ -81,6 +81,9 @@ class DataSection:
     folder: float = 0.0
     folder_path: str = ""
     size: int = 0  # pixels (square); 0 = the model's latent size times the autoencoder's factor
+    # Train on crops of this many pixels (0 = whole frames): footage is made at `size` and
+    # cut, synthetic scenes are drawn at the crop size. Steps cost what the crop costs.
+    crop: int = 0
     fps: float = 8.0
     max_objects: int = 2  # synthetic scenes: objects per clip
     workers: int = 0  # DataLoader worker processes per rank

@@ -33,6 +33,7 @@ from training.scenes import plan_scene, render_scene
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif")
 NOMINAL_LENGTH = 2**31 - 1  # endless datasets report this; samplers never exhaust them
+CROP_MULTIPLE = 16  # crops start on the token grid of an 8x autoencoder with 2x2 patches
 
 
 def to_clip_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -244,6 +245,27 @@ class Mixture(Dataset):
         return self.datasets[part][index]
 
 
+class Crops(Dataset):
+    """Items of ``source`` cut to a random ``size``-pixel square at a multiple of ``multiple``
+    pixels, chosen by (seed, index): the footage keeps the scale it was made at while a
+    training step costs what the crop costs."""
+
+    def __init__(self, source: Dataset, size: int, multiple: int, seed: int = 0):
+        self.source, self.size, self.multiple, self.seed = source, size, multiple, seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        clip, caption = self.source[index]
+        h, w = clip.shape[-2:]
+        size = min(self.size, h, w)
+        rng = np.random.default_rng([self.seed, index, 7])
+        top = int(rng.integers(0, (h - size) // self.multiple + 1)) * self.multiple
+        left = int(rng.integers(0, (w - size) // self.multiple + 1)) * self.multiple
+        return clip[..., top : top + size, left : left + size], caption
+
+
 class LatentCache(Dataset):
     """Clips pre-encoded by the autoencoder: items are ``(latents (C, F, H, W), caption)``.
 
@@ -316,30 +338,39 @@ class StepSampler(Sampler[int]):
 def build_dataset(
     section: DataSection, frames: int, size: int, seed: int, folder_path: str = ""
 ) -> Dataset:
-    """The configured mixture of sources (a latent cache, when set, replaces them all)."""
+    """The configured mixture of sources (a latent cache, when set, replaces them all).
+
+    With ``section.crop``, real footage is made at ``size`` and cut to crops of that many
+    pixels, and synthetic scenes are drawn whole at the crop size.
+    """
     if section.latent_cache:
         return LatentCache(section.latent_cache)
+    crop = section.crop or size
     parts: list[tuple[Dataset, float]] = []
     if section.synthetic > 0:
-        parts.append((SyntheticScenes(frames, size, seed, section.max_objects), section.synthetic))
+        parts.append((SyntheticScenes(frames, crop, seed, section.max_objects), section.synthetic))
+    real: list[tuple[Dataset, float]] = []  # made at `size`, cropped below
     footage: Dataset | None = None
     if section.packaged > 0 or section.styles > 0:
         from training.footage import PackagedFootage  # decodes videos at construction
 
         footage = PackagedFootage(frames, size, section.fps, seed)
     if section.packaged > 0:
-        parts.append((footage, section.packaged))
+        real.append((footage, section.packaged))
     folder: Dataset | None = None
     if section.folder > 0:
         root = folder_path or section.folder_path
         folder = VideoFolder(root, frames, size, section.fps, seed)
-        parts.append((folder, section.folder))
+        real.append((folder, section.folder))
     if section.styles > 0:
         from training.styles import StyleCorpus
 
         # Looks on every real source: the packaged footage, and your videos when configured.
-        real = footage if folder is None else Mixture([(footage, 1.0), (folder, 1.0)], seed + 1)
-        parts.append((StyleCorpus(real, seed), section.styles))
+        sources = footage if folder is None else Mixture([(footage, 1.0), (folder, 1.0)], seed + 1)
+        real.append((StyleCorpus(sources, seed), section.styles))
+    if crop < size:
+        real = [(Crops(d, crop, CROP_MULTIPLE, seed), w) for d, w in real]
+    parts += real
     if not parts:
         raise ConfigError(
             "data.synthetic, data.packaged, data.styles and data.folder are all 0; "

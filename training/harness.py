@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -103,6 +104,14 @@ def per_rank_batch(batch_size: int, env: distributed.DistEnv) -> int:
 def warmup_lr(lr: float, local_step: int, warmup: int) -> float:
     """Linear warm-up over the first `warmup` steps (counted from 0), then `lr`."""
     return lr * min(1.0, (local_step + 1) / warmup) if warmup > 0 else lr
+
+
+def cosine_lr(lr: float, step: int, warmup: int, total: int, floor: float) -> float:
+    """Linear warm-up, then a half cosine from `lr` down to `floor * lr` at step `total`."""
+    if step < warmup:
+        return warmup_lr(lr, step, warmup)
+    done = min(1.0, (step - warmup) / max(1, total - warmup))
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done)))
 
 
 def use_bf16(precision: Precision, device: torch.device) -> bool:

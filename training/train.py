@@ -158,25 +158,28 @@ def check_latent_cache(cfg: TrainConfig, cache: LatentCache) -> None:
 @dataclass
 class Geometry:
     video_frames: int
-    size: int
+    size: int  # pixels the footage is made at
+    clip: int  # pixels of the clips the DiT trains on: `size`, or the crop
     tokens_per_sample: int
 
 
 def geometry(cfg: TrainConfig, ae: VideoAutoencoder) -> Geometry:
     net_cfg = model_config(cfg)
     size = cfg.data.size or net_cfg.latent_size[0] * ae.cfg.spatial_factor
-    if size % ae.cfg.spatial_factor:
-        raise ConfigError(f"data.size {size} must be a multiple of {ae.cfg.spatial_factor}")
-    latent = size // ae.cfg.spatial_factor
+    clip = cfg.data.crop or size
     pt, ph, pw = net_cfg.patch_size
-    if latent % ph or latent % pw:
-        step = ae.cfg.spatial_factor * math.lcm(ph, pw)
-        raise ConfigError(
-            f"data.size {size} gives {latent}x{latent} latents, which the model's patch size "
-            f"{ph}x{pw} does not divide; use a multiple of {step}"
-        )
+    step = ae.cfg.spatial_factor * math.lcm(ph, pw)
+    for name, pixels in (("data.size", size), ("data.crop", clip)):
+        if pixels % step:
+            raise ConfigError(
+                f"{name} {pixels} must be a multiple of {step}: the autoencoder's factor "
+                f"{ae.cfg.spatial_factor} times the model's patch {ph}x{pw}"
+            )
+    if clip > size:
+        raise ConfigError(f"data.crop {clip} must not exceed data.size {size}")
+    latent = clip // ae.cfg.spatial_factor
     tokens = (net_cfg.latent_frames // pt) * (latent // ph) * (latent // pw)
-    return Geometry(net_cfg.latent_frames * ae.cfg.temporal_factor, size, tokens)
+    return Geometry(net_cfg.latent_frames * ae.cfg.temporal_factor, size, clip, tokens)
 
 
 def stage_batches(
@@ -218,7 +221,9 @@ def pairing_record(cfg: TrainConfig, ae: VideoAutoencoder, geo: Geometry) -> dic
     record `python -m model.bundle pack` checks before it puts a DiT and an autoencoder
     together. Take it after `calibrate_random`, which changes a random autoencoder."""
     text = minilm_id() if cfg.text.encoder is TextSource.MINILM else TextEncoderId(TEXT_STUB, "")
-    return training_record(ae, text, [(geo.size, geo.size)], cfg.model.preset)
+    # The footage's size first (the app's default), then the crop size scenes were drawn at.
+    sizes = [(geo.size, geo.size), (geo.clip, geo.clip)]
+    return training_record(ae, text, sizes, cfg.model.preset)
 
 
 def save_random_autoencoder(cfg: TrainConfig, ae: VideoAutoencoder, is_main: bool) -> None:

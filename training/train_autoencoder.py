@@ -35,10 +35,10 @@ from training.data import StepSampler, build_dataset
 from training.harness import (
     Cadence,
     Harness,
+    cosine_lr,
     optimizer_step,
     per_rank_batch,
     session,
-    warmup_lr,
 )
 from training.objective import step_generator
 
@@ -46,6 +46,9 @@ from training.objective import step_generator
 @dataclass
 class AEModelSection:
     preset: str = "tiny"  # a key of model.autoencoder.AE_CONFIGS
+    # Start from these weights (an `autoencoder.safetensors`) instead of a fresh init; a
+    # resumed run starts from its own checkpoint instead.
+    init: str = ""
 
 
 @dataclass
@@ -68,6 +71,12 @@ class AEOptimSection:
     steps: int = 2000
     grad_clip: float = 1.0
     weight_decay: float = 0.0
+    # After warm-up the rate follows a half cosine down to lr * lr_floor at `steps`
+    # (1.0 keeps it constant).
+    lr_floor: float = 1.0
+    # False: train the decoder alone, the encoder and latent calibration stay those of
+    # model.init. The latent space does not move, so a DiT trained on it keeps pairing.
+    train_encoder: bool = True
 
 
 @dataclass
@@ -146,7 +155,8 @@ def reconstruction_loss(
     """The training objective on one batch; returns the loss and its parts for the log."""
     if cfg.crop and cfg.crop < max(clips.shape[-2:]):
         clips = random_crops(clips, cfg.crop, ae.cfg.spatial_factor, generator)
-    z = ae.encoder(clips, None)  # raw latents (B, C, F/tc, H/s, W/s), before normalization
+    with torch.set_grad_enabled(next(ae.encoder.parameters()).requires_grad):
+        z = ae.encoder(clips, None)  # raw latents (B, C, F/tc, H/s, W/s), before normalization
     noise = torch.randn(z.shape, generator=generator).to(z.device)
     recon = ae.decoder(z + cfg.latent_noise * noise, None)  # (B, 3, F, H, W)
     l1 = (recon - clips).abs().mean()
@@ -211,7 +221,19 @@ def _train(cfg: AETrainConfig, env: distributed.DistEnv) -> dict:
     torch.manual_seed(cfg.run.seed)
     with torch.device(device):
         ae = VideoAutoencoder(ae_cfg)
-    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    if cfg.model.init:
+        start = VideoAutoencoder.load(cfg.model.init)
+        if start.cfg != ae_cfg:
+            raise ConfigError(
+                f"model.init {cfg.model.init} is not a {cfg.model.preset!r} autoencoder"
+            )
+        ae.load_state_dict(start.state_dict())
+    if not cfg.optim.train_encoder:
+        if not cfg.model.init:
+            raise ConfigError("optim.train_encoder = false needs model.init, the encoder to keep")
+        ae.encoder.requires_grad_(False)
+    trained = [p for p in ae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     step = run.resume(ae, opt, None)
     end = min(cfg.optim.steps, cfg.run.max_steps or cfg.optim.steps)
 
@@ -232,7 +254,9 @@ def _train(cfg: AETrainConfig, env: distributed.DistEnv) -> dict:
         clips, _ = next(batches)
         clips = clips.to(device, non_blocking=True)
         gen = step_generator(cfg.run.seed, run.step, env.rank)
-        lr = warmup_lr(cfg.optim.lr, run.step, cfg.optim.warmup)
+        lr = cosine_lr(
+            cfg.optim.lr, run.step, cfg.optim.warmup, cfg.optim.steps, cfg.optim.lr_floor
+        )
         loss, parts = reconstruction_loss(ae, clips, cfg.loss, gen)
         # Gradients averaged by hand rather than DDP: the loss calls the encoder and decoder
         # directly (raw latents), which DDP's forward hook would not see.
@@ -249,9 +273,11 @@ def _train(cfg: AETrainConfig, env: distributed.DistEnv) -> dict:
             }
             if run.step % cfg.run.eval_every == 0 or run.step == end:
                 last["psnr_heldout"] = evaluate(ae, eval_clips, per_rank)
+                last["flat_colour_error"] = flat_colour_error(ae)
             run.write(last, loss=f"{last['loss']:.4f}", psnr=last.get("psnr_heldout", ""))
         if run.checkpoint_due():
-            ae.calibrate(calib_clips)  # deterministic: the same clips on every rank
+            if cfg.optim.train_encoder:
+                ae.calibrate(calib_clips)  # deterministic: the same clips on every rank
 
             def export() -> None:
                 if env.is_main:

@@ -140,7 +140,7 @@ def test_presets_build_and_the_4b_count_on_meta():
             net = StreamDiT(cfg)
         counts[name] = sum(p.numel() for p in net.parameters())
     assert counts["tiny"] < 1e6
-    assert 5e6 <= counts["cpu"] <= 15e6
+    assert 1e6 <= counts["cpu"] <= 3e6  # the shipped model: 1.63 M
     assert 3.6e9 <= counts["4b"] <= 4.4e9
 
 

@@ -12,6 +12,8 @@ import torch
 
 from training.config import DataSection
 from training.data import (
+    CROP_MULTIPLE,
+    Crops,
     LatentCache,
     Mixture,
     StepSampler,
@@ -129,3 +131,67 @@ def test_build_dataset_mixes_configured_sources():
     pytest.importorskip("skimage")
     mixed = build_dataset(DataSection(synthetic=1.0, packaged=1.0), 4, 16, 0)
     assert isinstance(mixed, Mixture)
+
+
+# --- crops (data.crop) ----------------------------------------------------------------------
+
+
+def coordinate_clips(n=3, size=64, frames=2):
+    """Clips whose every pixel holds its own position (1000 * row + column), captioned."""
+    rows = torch.arange(size, dtype=torch.float32)[:, None] * 1000
+    grid = (rows + torch.arange(size, dtype=torch.float32)).expand(3, frames, size, size)
+    return [(grid + i * 10**6, f"clip {i}") for i in range(n)]
+
+
+def test_crops_are_aligned_squares_chosen_per_index_with_captions_kept():
+    source = coordinate_clips()
+    crops = Crops(source, 32, CROP_MULTIPLE, seed=0)
+    assert CROP_MULTIPLE == 16 and len(crops) == len(source)
+    corners = set()
+    for i in range(len(source)):
+        clip, caption = crops[i]
+        assert clip.shape == (3, 2, 32, 32) and caption == source[i][1]
+        top, left = divmod(int(clip[0, 0, 0, 0]) - i * 10**6, 1000)
+        assert top % 16 == 0 and left % 16 == 0 and top + 32 <= 64 and left + 32 <= 64
+        assert torch.equal(clip, source[i][0][..., top : top + 32, left : left + 32])
+        assert torch.equal(clip, Crops(source, 32, CROP_MULTIPLE, seed=0)[i][0])  # same again
+        corners.add((top, left))
+    many = Crops(coordinate_clips(n=40), 32, CROP_MULTIPLE, seed=0)
+    corners |= {tuple(divmod(int(many[i][0][0, 0, 0, 0]) % 10**6, 1000)) for i in range(40)}
+    assert corners == {(t, left) for t in (0, 16, 32) for left in (0, 16, 32)}  # all nine
+
+
+def test_crops_never_exceed_a_smaller_source():
+    clip, _ = Crops(coordinate_clips(size=16), 32, CROP_MULTIPLE)[0]
+    assert clip.shape[-2:] == (16, 16)
+
+
+def test_build_dataset_draws_scenes_at_the_crop_and_crops_footage_made_at_the_size(tmp_path):
+    write_video(tmp_path / "a.avi", frames=30, size=(96, 80))
+    (tmp_path / "a.txt").write_text("stripes")
+    section = DataSection(synthetic=1.0, folder=1.0, folder_path=str(tmp_path), crop=32)
+    mix = build_dataset(section, 4, 64, seed=3)
+    scenes, footage = mix.datasets
+    for i in range(4):
+        clip, caption = scenes[i]
+        assert clip.shape == (3, 4, 32, 32)  # drawn whole at the crop size, not cut
+        want = SyntheticScenes(4, 32, 3, section.max_objects)[i]
+        assert torch.equal(clip, want[0]) and caption == want[1]
+    whole = VideoFolder(tmp_path, 4, 64, section.fps, 3)  # the footage at data.size
+    for i in range(4):
+        clip, caption = footage[i]
+        full, _ = whole[i]
+        assert clip.shape == (3, 4, 32, 32) and caption == "stripes"
+        found = [
+            (t, left)
+            for t in (0, 16, 32)
+            for left in (0, 16, 32)
+            if torch.equal(clip, full[..., t : t + 32, left : left + 32])
+        ]
+        assert found, "a crop is a piece of the footage at its own scale, not a resize"
+    assert all(mix[i][0].shape == (3, 4, 32, 32) for i in range(8))
+    # Without a crop (or a crop of the whole frame) footage stays whole.
+    plain = build_dataset(
+        DataSection(synthetic=0.0, folder=1.0, folder_path=str(tmp_path)), 4, 64, 3
+    )
+    assert isinstance(plain, VideoFolder) and plain[0][0].shape == (3, 4, 64, 64)

@@ -14,10 +14,10 @@ from model.bundle import load_bundle, pack
 from model.checkpoint import CheckpointError, load_streamdit, read_metadata
 from model.config import CONFIGS
 from model.dit import StreamDiT
-from training.config import load_config
+from training.config import ConfigError, load_config
 from training.objective import draw_noise, flow_matching_loss, step_generator
 from training.textstub import HashTextEncoder
-from training.train import lr_at, train
+from training.train import geometry, lr_at, pairing_record, train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "training" / "configs" / "tiny.toml"
@@ -166,3 +166,41 @@ def test_resume_after_a_crash_does_not_duplicate_log_lines(tmp_path):
     train(load_config(TINY, [*every2, "run.max_steps=4"]))
     steps = [json.loads(line)["step"] for line in (crashed / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4] and losses(crashed) == losses(straight)
+
+
+# --- crops (data.crop) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("crop", "message"),
+    [
+        (80, r"data.crop 80 must not exceed data.size 64"),
+        (24, r"data.crop 24 must be a multiple of 16"),
+        (40, r"data.crop 40 must be a multiple of 16"),
+    ],
+)
+def test_geometry_refuses_a_crop_larger_than_the_size_or_off_the_token_grid(crop, message):
+    cfg = load_config(TINY, [f"data.crop={crop}"])
+    with pytest.raises(ConfigError, match=message):
+        geometry(cfg, VideoAutoencoder(AE_CONFIGS["tiny"]))
+
+
+def test_a_crop_trains_on_its_own_tokens_and_the_record_lists_both_sizes():
+    ae = VideoAutoencoder(AE_CONFIGS["tiny"])
+    geo = geometry(load_config(TINY, ["data.crop=32"]), ae)
+    assert (geo.size, geo.clip, geo.video_frames) == (64, 32, 16)
+    assert geo.tokens_per_sample == 4 * 2 * 2  # 4 latent frames of 4x4 latents, 2x2 patches
+    record = pairing_record(load_config(TINY, ["data.crop=32"]), ae, geo)
+    # The footage's scale first (the size the app defaults to), then the crop scenes are drawn at.
+    assert record["frame_sizes"] == "64x64,32x32"
+    whole = load_config(TINY)
+    assert pairing_record(whole, ae, geometry(whole, ae))["frame_sizes"] == "64x64"
+
+
+def test_a_run_on_crops_packs_with_both_sizes(tmp_path):
+    out = tmp_path / "run"
+    train(load_config(TINY, [*QUIET, "run.max_steps=1", "data.crop=32", f"run.out_dir={out}"]))
+    dit, ae = out / "streamdit_ema.safetensors", out / "autoencoder.safetensors"
+    bundle = load_bundle(pack(dit, ae, tmp_path / "tiny.safetensors"))
+    assert bundle.trained_sizes == ((64, 64), (32, 32))
+    assert bundle.info.default_size == (64, 64)  # the app runs at the footage's scale

@@ -6,10 +6,12 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from model.autoencoder import VideoAutoencoder
-from training.config import load_config
+from model.bundle import latent_space_digest
+from training.config import ConfigError, load_config
 from training.train_autoencoder import AETrainConfig, gradient_l1, psnr, ssim, train_autoencoder
 
 CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "autoencoder_tiny.toml"
@@ -40,6 +42,38 @@ def test_trains_logs_psnr_and_saves_a_calibrated_autoencoder(tmp_path):
     clips = torch.stack([SyntheticScenes(8, 64, seed=5)[i][0] for i in range(4)])
     z = ae.encode(clips)
     assert 0.3 < z.std().item() < 3.0
+
+
+def test_a_decoder_only_run_keeps_the_latent_space_and_improves_the_decoder(tmp_path):
+    base = [
+        "run.progress=false",
+        "run.log_every=3",
+        "run.eval_every=3",
+        "run.eval_clips=2",
+        "run.threads=1",
+    ]
+    first = tmp_path / "first"
+    train_autoencoder(
+        load_config(CONFIG, [*base, f"run.out_dir={first}", "run.max_steps=3"], cls=AETrainConfig)
+    )
+    start = VideoAutoencoder.load(first / "autoencoder.safetensors")
+    tuned_dir = tmp_path / "decoder"
+    sets = [f"model.init={first / 'autoencoder.safetensors'}", "optim.train_encoder=false"]
+    sets += [f"run.out_dir={tuned_dir}", "run.max_steps=6", "optim.lr=1e-3"]
+    train_autoencoder(load_config(CONFIG, [*base, *sets], cls=AETrainConfig))
+    tuned = VideoAutoencoder.load(tuned_dir / "autoencoder.safetensors")
+    assert latent_space_digest(tuned) == latent_space_digest(start)
+    moved = [
+        not torch.equal(a, b)
+        for a, b in zip(tuned.decoder.parameters(), start.decoder.parameters(), strict=True)
+    ]
+    assert any(moved)
+
+
+def test_decoder_only_needs_the_encoder_to_keep(tmp_path):
+    sets = [f"run.out_dir={tmp_path}", "optim.train_encoder=false", "run.progress=false"]
+    with pytest.raises(ConfigError, match="needs model.init"):
+        train_autoencoder(load_config(CONFIG, sets, cls=AETrainConfig))
 
 
 def test_random_crops_are_aligned_and_deterministic():

@@ -130,7 +130,7 @@ def test_intervals_must_be_positive(override, message):
         ("flow.ref_frames=4", r"error: flow.ref_frames"),
         ("data.folder=1.0", r"error: .*data.folder_path"),
         ("run.device=tpu", r"error: run.device"),
-        ("data.size=72", r"error: data.size 72 gives 9x9 latents"),
+        ("data.size=72", r"error: data.size 72 must be a multiple of 16"),
     ],
 )
 def test_cli_errors_the_user_can_fix_are_one_line(capsys, tmp_path, override, message):
