@@ -42,14 +42,15 @@ examples:
   {PROG}
       the control app; with no display, the live defaults: webcam:0 (or the demo) ->
       virtual camera + preview window + MJPEG on :8090
-  {PROG} gui --model cpu --weights bundle.safetensors
+  {PROG} gui --weights bundle.safetensors
   {PROG} run --source demo --out file:out.mp4 --seconds 10
-  {PROG} run --source webcam:0 --out virtualcam --preset realtime --prompt "oil painting"
+  {PROG} run --source webcam:0 --out virtualcam --preset realtime --prompt "a comic book drawing"
   {PROG} run --source demo --out file:hd.mp4 --out-size 1280x720 --size 448x256 --seconds 10
   {PROG} run --mode text --preset text-stream --out mjpeg:8090 --osc-port 9000
   {PROG} run --source file:clip.mp4 --out file:styled.mp4 --frames 300 --metrics run.jsonl
   {PROG} presets list
   {PROG} bench --source demo --preset realtime --seconds 20 --json bench.json
+  {PROG} bench --model tiny --random-weights --seconds 5
 
 OSC: send /streamdit/prompt s, /streamdit/strength f, ... to 127.0.0.1:{DEFAULT_PORT}
 (docs/OSC.md lists every address). Presets live in presets/ and in your config folder.
@@ -162,15 +163,23 @@ def _stream_options() -> argparse.ArgumentParser:
         help="CPU threads for the model (default: all cores but one, which keeps a busy "
         "machine from stalling the stream)",
     )
-    group.add_argument(
+    weights = group.add_mutually_exclusive_group()
+    weights.add_argument(
         "--weights",
         action="append",
         type=Path,
         default=[],
         metavar="PATH",
         help="a model bundle (.safetensors, see docs/BUNDLES.md) or a folder holding one, or a "
-        "trained DiT and its autoencoder (give --weights twice). Without it the model has "
-        "random weights and the output looks like noise.",
+        "trained DiT and its autoencoder (give --weights twice). Without it the cpu model "
+        "loads the trained weights shipped in model/weights/ (or $STREAMDIT_WEIGHTS); tiny, "
+        "4b, or cpu without that file, run random weights and the output looks like noise.",
+    )
+    weights.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="run random weights even where trained ones ship (tests, benchmarks); the "
+        "output looks like noise",
     )
     return parent
 

@@ -23,6 +23,10 @@ MAX_SEED = 2**31 - 1
 # Kept in sync with model.config.CONFIGS and model.autoencoder.AE_CONFIGS by a test, so that
 # listing or validating presets never has to import torch.
 MODEL_CHOICES = ("tiny", "cpu", "4b")
+# The model size whose trained weights ship with the app (model/weights/): the default.
+SHIPPED_MODEL = "cpu"
+# The looks the shipped model learned (training/looks.py); the default prompt is one.
+DEFAULT_PROMPT = "a pencil sketch"
 
 
 class ControlError(ValueError):
@@ -212,9 +216,7 @@ def _control(kind: type, default: Any, help: str, **spec: Any) -> Any:
 class Controls:
     """A complete, checked set of control values. Immutable: changes make a new value."""
 
-    prompt: str = _control(
-        str, "a watercolor painting, soft morning light", "What the stream should look like."
-    )
+    prompt: str = _control(str, DEFAULT_PROMPT, "What the stream should look like.")
     prompt_a: str = _control(
         str, "", "Prompt A of the A/B crossfade; empty means use `prompt`.", osc_name="prompt/a"
     )
@@ -273,11 +275,11 @@ class Controls:
     )
     model: str = _control(
         str,
-        "tiny",
-        "Model size: tiny (0.17 M parameters; 30 fps at 256x256 on 2 CPU cores), cpu (8.2 M; "
-        "24 fps on 2 CPU cores in video mode with 2-frame chunks, see preset detail; text mode "
-        "wants a GPU), 4b (the paper's scale, 4 B parameters: a large GPU, with --weights trained "
-        "by training/configs/4b.toml).",
+        SHIPPED_MODEL,
+        "Model size: cpu (1.6 M parameters), the shipped model: trained weights in "
+        "model/weights/ load by default, real time at 256x256 on 2 CPU cores; tiny (0.17 M), "
+        "for tests, random weights only; 4b (the paper's scale, 4 B parameters) for GPUs, "
+        "random weights unless you bring your own with --weights.",
         choices=MODEL_CHOICES,
         scope=Scope.STARTUP,
     )

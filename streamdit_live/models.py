@@ -9,16 +9,24 @@ other mix is refused with one sentence before a tensor is read: a DiT alone, an 
 alone, parts whose digests differ, a text encoder other than the one the DiT was trained
 with (the training stub included), a `--model` asked for that the weights are not, a frame
 size the model was neither trained nor evaluated at, an empty folder.
+
+Without `--weights` the model size that ships trained (`SHIPPED_MODEL`, `cpu`) loads its
+shipped bundle from `model/weights/` (`shipped_weights`; the environment variable
+`STREAMDIT_WEIGHTS` names another bundle or folder). A checkout without that file, another
+size (`tiny`, `4b`) or `--random-weights` runs random weights, with the usual notice.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+import model as model_package
 from model import (
     AE_CONFIGS,
     CONFIGS,
@@ -45,6 +53,10 @@ from model.checkpoint import CheckpointError, read_metadata
 from model.dit import inference_dtype
 from streamdit_live.controls import Size
 
+log = logging.getLogger(__name__)
+
+WEIGHTS_ENV = "STREAMDIT_WEIGHTS"  # a bundle or a folder to use instead of model/weights/
+
 
 @dataclass
 class Models:
@@ -55,6 +67,16 @@ class Models:
     trained: bool  # False: random weights, the output is noise-like
     name: str = ""  # the model size: a CONFIGS name, or "custom" for a bundle's own config
     bundle: BundleInfo | None = None  # what the weights say about themselves; None: random
+    path: Path | None = None  # the file the weights came from; None: random
+    shipped: bool = False  # the weights that ship with the app (`shipped_weights`)
+
+    def describe_weights(self) -> str:
+        """Which weights run, in a few words: for the app's status and the logs."""
+        if self.path is None:
+            return f"random {self.name} weights"
+        if self.shipped:
+            return f"shipped {self.name} model ({self.path.name})"
+        return f"{self.name} model from {self.path.name}"
 
     @property
     def config(self) -> StreamDiTConfig:
@@ -69,6 +91,46 @@ class Models:
     def default_size(self) -> Size | None:
         """The size to run at when the user asked for none; None for random weights."""
         return self.sizes[0] if self.sizes else None
+
+
+def shipped_weights_path() -> Path:
+    """Where the shipped weights live: $STREAMDIT_WEIGHTS (a bundle or a folder) when set,
+    else the `weights` folder of the `model` package (model/weights/)."""
+    override = os.environ.get(WEIGHTS_ENV, "").strip()
+    return Path(override) if override else Path(model_package.__file__).parent / "weights"
+
+
+def shipped_weights(model: str) -> Path | None:
+    """The shipped bundle of the `model` size, or None when none ships for it (a checkout
+    without the file, `tiny`, `4b`). A file that cannot be read (a Git LFS pointer, a broken
+    download) is skipped with a warning: the app then runs random weights as it says."""
+    where = shipped_weights_path()
+    if where.is_dir():
+        files = sorted(where.glob("*.safetensors"))
+    else:
+        files = [where] if where.is_file() else []
+    for path in files:
+        try:
+            if read_metadata(path).get("kind") != BUNDLE_KIND:
+                continue
+            if read_bundle_info(path).model == model:
+                return path
+        except CheckpointError as exc:
+            log.warning("The shipped weights %s cannot be read (%s); skipping them.", path, exc)
+    return None
+
+
+def resolve_weights(
+    model: str, weights: Sequence[Path] = (), random_weights: bool = False
+) -> tuple[Path, ...]:
+    """The weights a run loads: `weights` when given, none (random) for `random_weights`,
+    else the shipped bundle of `model` when one ships, else none (random)."""
+    if weights and random_weights:
+        raise ValueError("--random-weights and --weights contradict each other; give one of them.")
+    if weights or random_weights:
+        return tuple(weights)
+    shipped = shipped_weights(model)
+    return () if shipped is None else (shipped,)
 
 
 def cpu_threads(requested: int | None, cores: int | None) -> int:
@@ -101,8 +163,8 @@ def pick_device(requested: str | None) -> torch.device:
 
 def pick_dtype(device: torch.device, config: StreamDiTConfig) -> torch.dtype:
     """The dtype the DiT runs in: bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16 or
-    AMX) for models wide enough to gain (`cpu`: 2.3x faster); else fp32 (`tiny` is
-    overhead-bound). The stream buffer and the autoencoder stay fp32 either way."""
+    AMX) for models wide enough to gain (`model.dit.BF16_CPU_MIN_DIM`); else fp32 (narrow
+    models are overhead-bound). The stream buffer and the autoencoder stay fp32 either way."""
     return inference_dtype(device, config)
 
 
@@ -209,14 +271,15 @@ def _check_size(info: BundleInfo, path: Path, size: Size | None) -> None:
 def build_models(
     model: str,
     device: torch.device,
-    weights: Sequence[Path] = (),
+    weights: Sequence[Path] | None = None,
     text: TextEncoderProtocol | None = None,
     *,
     explicit_model: bool = False,
     size: Size | None = None,
     dtype: torch.dtype | None = None,
 ) -> Models:
-    """The named model with random weights, or the model bundle in `weights`.
+    """The model bundle in `weights`; random weights for `weights=()`; for None (the
+    default) the shipped bundle of `model` when one ships (`resolve_weights`), else random.
 
     `model` sizes random weights; with weights it is checked only when `explicit_model`
     (the user typed --model), since presets name a size too. `size` is the frame size the
@@ -224,6 +287,8 @@ def build_models(
     DiT's (None: `pick_dtype`). Everything is checked from the files' headers before any
     weights are allocated.
     """
+    if weights is None:
+        weights = resolve_weights(model)
     files = _weight_files(weights)
     if files:
         info, path, load = _plan(files)
@@ -232,8 +297,10 @@ def build_models(
         _check_size(info, path, size)
         loaded = load(device)
         dit, ae, name, trained = loaded.dit, loaded.autoencoder, info.model, True
+        shipped_path = shipped_weights(name)
+        shipped = shipped_path is not None and shipped_path.resolve() == path.resolve()
     else:
-        info, name, trained = None, model, False
+        info, name, trained, path, shipped = None, model, False, None, False
         with torch.device(device):
             dit = StreamDiT(CONFIGS[model])
             ae = VideoAutoencoder(AE_CONFIGS[model])
@@ -244,4 +311,7 @@ def build_models(
             f"the text encoder gives {text.dim}-d states but the {name} model takes "
             f"{dit.cfg.text_dim}-d; this model needs its own text encoder."
         )
-    return Models(dit.eval(), ae.eval(), text, device, trained, name, info)
+    models = Models(dit.eval(), ae.eval(), text, device, trained, name, info, path, shipped)
+    if trained:  # random weights: the engine says so, as a warning
+        log.info("Running the %s.", models.describe_weights())
+    return models

@@ -25,6 +25,7 @@ class PlanKind(enum.Enum):
 
 def plan_from_args(args: argparse.Namespace, controls: Controls, kind: PlanKind) -> SessionPlan:
     """The plan the parsed flags of `run` or `bench` ask for, with that command's defaults."""
+    from streamdit_live.models import resolve_weights
     from streamdit_live.session import SessionPlan
 
     bench = kind is PlanKind.BENCH
@@ -42,7 +43,7 @@ def plan_from_args(args: argparse.Namespace, controls: Controls, kind: PlanKind)
         outputs=tuple(args.out) if bench else tuple(args.out or LIVE_OUTPUTS),
         device=args.device,
         threads=args.threads,
-        weights=tuple(args.weights),
+        weights=resolve_weights(controls.model, args.weights, args.random_weights),
         model_explicit=args.model is not None,
         frames=None if bench else args.frames,
         seconds=args.seconds,

@@ -50,6 +50,7 @@ def run_app(args: argparse.Namespace, controls: Controls, library: PresetLibrary
         source=args.source,
         device=args.device,
         weights=tuple(args.weights),
+        random_weights=args.random_weights,
         osc_port=None if args.no_osc else args.osc_port,
         saved_preset=args.preset is None,
     )

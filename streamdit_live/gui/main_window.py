@@ -50,7 +50,7 @@ from streamdit_live.gui.panels import (
 from streamdit_live.gui.preset_store import PresetStore
 from streamdit_live.gui.preview import FramePreview
 from streamdit_live.gui.wording import osc_line, stats_line, word_notice
-from streamdit_live.models import Models
+from streamdit_live.models import Models, resolve_weights
 from streamdit_live.presets import PresetError, PresetLibrary
 from streamdit_live.runner import NotRunning
 from streamdit_live.session import SessionPlan
@@ -71,6 +71,7 @@ class MainWindow(QMainWindow):
         source: str | None = None,
         device: str | None = None,
         weights: tuple[Path, ...] = (),
+        random_weights: bool = False,
         osc_port: int | None = 9000,
         autostart: bool = True,
         saved_preset: bool = False,
@@ -81,7 +82,8 @@ class MainWindow(QMainWindow):
         self.controls = controls
         self.store = PresetStore(library)
         self.settings = settings
-        self.device, self.weights = device, weights
+        # --weights, else (unless random_weights) the shipped bundle of the model picked
+        self.device, self.weights, self.random_weights = device, weights, random_weights
         self.state = SessionState.IDLE
         self.wanted = False  # the user asked for a stream (the state follows a moment later)
         self.bridge = SessionBridge(library, osc_port, self)
@@ -188,7 +190,7 @@ class MainWindow(QMainWindow):
             source=self._source,
             outputs=self.outputs(),
             device=self.device,
-            weights=self.weights,
+            weights=resolve_weights(self.controls.model, self.weights, self.random_weights),
             model_explicit=bool(self.weights),
             require_output=False,  # the previews are enough
             # A webcam that will not open: the demo runs, and the status bar says why.
@@ -445,8 +447,10 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(self.word(notice))
 
     def _tick(self) -> None:
-        self.stats.setText(stats_line(self.state, self.bridge.runner.status()))
         session = self.bridge.session
+        models = session.models if session is not None else None
+        weights = models.describe_weights() if models is not None else None
+        self.stats.setText(stats_line(self.state, self.bridge.runner.status(), weights))
         address = last = None
         if session is not None and session.osc is not None and self.bridge.runner.running:
             try:

@@ -6,6 +6,7 @@ The CLI words the same notices for a terminal (flags); here they point at the ap
 
 from __future__ import annotations
 
+from streamdit_live.controls import SHIPPED_MODEL
 from streamdit_live.events import Notice, NoticeKind, SessionState
 from streamdit_live.hub import LastChange
 from streamdit_live.metrics import StreamStatus
@@ -34,22 +35,32 @@ def word_notice(notice: Notice, osc_port: int | None) -> str:
             "--osc-port to pick another."
         )
     if notice.kind is NoticeKind.RANDOM_WEIGHTS:
+        if notice.subject == SHIPPED_MODEL:
+            return (
+                f"The {notice.subject} model runs random weights (its shipped weights in "
+                "model/weights/ are missing, or --random-weights was given), so the output "
+                "looks like noise: reinstall the app or start it with --weights and a bundle."
+            )
         return (
             f"The {notice.subject} model has random weights, so the output looks like noise: "
-            "start the app with --weights and a trained bundle."
+            f"pick the {SHIPPED_MODEL} model, which ships trained, or start the app with "
+            "--weights and a trained bundle."
         )
     if notice.kind in (NoticeKind.SETUP_FAILED, NoticeKind.SESSION_FAILED):
         return f"The stream stopped: {notice.text}"
     return notice.text
 
 
-def stats_line(state: SessionState, status: StreamStatus | None) -> str:
+def stats_line(state: SessionState, status: StreamStatus | None, weights: str | None = None) -> str:
+    """The state and the stream's numbers; `weights` (`Models.describe_weights`) says which
+    model runs, once it is loaded."""
+    model = "" if weights is None else f" · {weights}"
     if status is None:
-        return STATE_WORDS[state]
+        return STATE_WORDS[state] + model
     latency = "—" if status.latency_ms is None else f"{status.latency_ms:.0f} ms"
     calls = "—" if status.calls_per_frame is None else f"{status.calls_per_frame:.2f}"
     return (
-        f"{STATE_WORDS[state]} · {status.fps:.1f} fps · latency {latency} · "
+        f"{STATE_WORDS[state]}{model} · {status.fps:.1f} fps · latency {latency} · "
         f"{calls} model calls per frame"
     )
 

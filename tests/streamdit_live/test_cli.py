@@ -305,9 +305,15 @@ def test_help_explains_with_examples():
     for flag in ("--source", "--out", "--preset", "--prompt", "--strength", "--seed", "--mode",
                  "--osc-port", "--osc-host", "--osc-feedback", "--frames", "--seconds",
                  "--metrics", "--weights", "--device", "--size", "--fps", "--out-size",
-                 "--out-fit"):  # fmt: skip
+                 "--out-fit", "--random-weights"):  # fmt: skip
         assert flag in result.stdout
-    assert "Default: 1280x720 when a virtualcam is among" in " ".join(result.stdout.split())
+    words = " ".join(result.stdout.split())
+    assert "Default: 1280x720 when a virtualcam is among" in words
+    # One story about the model sizes and their weights, in --model's and --weights' help.
+    for said in ("tiny (0.17 M), for tests, random weights only", "cpu (1.6 M parameters)",
+                 "trained weights in model/weights/", "4b (the paper's scale",
+                 "loads the trained weights shipped in model/weights/"):  # fmt: skip
+        assert said in words, said
 
 
 def test_no_output_that_can_open_is_a_clear_error(tmp_path):

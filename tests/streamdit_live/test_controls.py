@@ -9,6 +9,7 @@ import pytest
 from streamdit_live.controls import (
     CONTROLS,
     MODEL_CHOICES,
+    SHIPPED_MODEL,
     ControlError,
     Controls,
     Mode,
@@ -30,6 +31,15 @@ def test_schema_is_declared_once_and_matches_the_value_object():
         assert getattr(defaults, name) == spec.default
         # Every default passes its own check unchanged.
         assert spec.check(spec.default) == spec.default
+
+
+def test_the_default_model_is_the_shipped_one_and_its_help_tells_the_sizes_apart():
+    assert Controls().model == SHIPPED_MODEL == "cpu"
+    words = CONTROLS["model"].help
+    for said in ("cpu (1.6 M parameters), the shipped model", "real time at 256x256 on 2 CPU",
+                 "tiny (0.17 M), for tests, random weights only", "4b (the paper's scale",
+                 "random weights unless you bring your own"):  # fmt: skip
+        assert said in words, said
 
 
 def test_required_controls_have_the_issue_types_and_ranges():

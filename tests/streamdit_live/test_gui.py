@@ -92,6 +92,7 @@ def test_the_app_starts_with_the_demo_and_streams_into_both_previews(qtbot, make
     assert window.source_panel.start.text() == "Stop"
     qtbot.waitUntil(lambda: "fps" in window.stats.text(), timeout=5_000)
     assert "model calls per frame" in window.stats.text()
+    assert "random tiny weights" in window.stats.text()  # which weights run, in words
 
 
 def test_a_prompt_typed_into_the_editor_reaches_the_engine(qtbot, make_window):

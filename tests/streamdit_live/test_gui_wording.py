@@ -30,3 +30,13 @@ def test_the_numbers_line_and_the_osc_line():
     assert osc_line(9000, ("127.0.0.1", 9000), last, 13.2) == (
         "OSC: listening on 127.0.0.1:9000; last /streamdit/prompt/a, /streamdit/crossfade, 3 s ago"
     )
+
+
+def test_the_status_says_which_weights_run_and_random_ones_say_what_to_do():
+    line = stats_line(SessionState.RUNNING, StreamStatus(24.0, 400.0, "fog"), "shipped cpu model")
+    assert line.startswith("Running · shipped cpu model · 24.0 fps")
+    assert stats_line(SessionState.LOADING, None, None) == "Loading the model…"
+    cpu = word_notice(Notice(NoticeKind.RANDOM_WEIGHTS, "No trained weights given.", "cpu"), 0)
+    assert "shipped weights in model/weights/ are missing" in cpu
+    tiny = word_notice(Notice(NoticeKind.RANDOM_WEIGHTS, "No trained weights given.", "tiny"), 0)
+    assert "random weights" in tiny and "pick the cpu model, which ships trained" in tiny

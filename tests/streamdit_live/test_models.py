@@ -11,7 +11,13 @@ from model.bundle import TextEncoderId, minilm_id, save_bundle, training_record
 from model.checkpoint import CheckpointError
 from streamdit_live.cli import main
 from streamdit_live.controls import Size
-from streamdit_live.models import build_models
+from streamdit_live.models import (
+    WEIGHTS_ENV,
+    build_models,
+    resolve_weights,
+    shipped_weights,
+    shipped_weights_path,
+)
 
 CPU = torch.device("cpu")
 MINILM = minilm_id()
@@ -181,3 +187,78 @@ def test_the_app_exits_2_with_the_sentence_for_an_empty_weights_folder(
     assert code == 2
     assert "holds no .safetensors file" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
+
+
+# --- the shipped weights (model/weights/, or STREAMDIT_WEIGHTS) ------------------------------
+
+
+def _args(*flags):
+    from streamdit_live.cli import build_parser, resolve_controls
+    from streamdit_live.plans import PlanKind, plan_from_args
+    from streamdit_live.presets import PresetLibrary
+
+    args = build_parser().parse_args(["bench", *flags])
+    return plan_from_args(args, resolve_controls(args, PresetLibrary([])), PlanKind.BENCH)
+
+
+def test_the_shipped_bundle_loads_when_no_weights_are_given(tmp_path, parts, monkeypatch):
+    shipped = _bundle(tmp_path / "streamdit-tiny.safetensors", parts)
+    for where in (shipped, tmp_path):  # the bundle itself, or the folder holding it
+        monkeypatch.setenv(WEIGHTS_ENV, str(where))
+        assert shipped_weights_path() == where and shipped_weights("tiny") == shipped
+        models = build_models("tiny", CPU)
+        assert models.trained and models.shipped and models.name == "tiny"
+        assert models.path == shipped
+        assert models.describe_weights() == "shipped tiny model (streamdit-tiny.safetensors)"
+    # The shipped bundle is of one size: another size runs random weights.
+    assert shipped_weights("cpu") is None and resolve_weights("cpu") == ()
+    # The same file given with --weights loads too; it is still the shipped one.
+    assert build_models("tiny", CPU, [shipped]).shipped
+    # The CLI's plan: the shipped bundle unless --random-weights or --weights say otherwise.
+    assert _args("--model", "tiny").weights == (shipped,)
+    assert _args("--model", "tiny", "--random-weights").weights == ()
+    (tmp_path / "other").mkdir()
+    other = _bundle(tmp_path / "other" / "mine.safetensors", parts)
+    assert _args("--model", "tiny", "--weights", str(other)).weights == (other,)
+    mine = build_models("tiny", CPU, [other])
+    assert not mine.shipped and mine.describe_weights() == "tiny model from mine.safetensors"
+
+
+def test_without_the_shipped_file_the_default_model_runs_random_weights_and_says_so(
+    tmp_path, monkeypatch, caplog
+):
+    """A checkout without model/weights/streamdit-cpu.safetensors streams as before."""
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "gone.safetensors"))
+    assert shipped_weights("cpu") is None and _args().weights == ()
+    assert _args().controls.model == "cpu"  # the default model is the shipped size
+    models = build_models("tiny", CPU)  # tiny: random, as it never ships
+    assert not models.trained and models.describe_weights() == "random tiny weights"
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        flags = ["--size", "64x64", "--mode", "text", "--frames", "2", "--threads", "1"]
+        code = main(["run", "--out", "file:x.mp4", "--no-osc", *flags])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    assert "running the cpu model with random weights" in caplog.text
+
+
+def test_a_shipped_file_that_is_not_a_bundle_is_skipped_with_a_warning(tmp_path, monkeypatch):
+    pointer = tmp_path / "streamdit-cpu.safetensors"  # what a checkout without Git LFS holds
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\n")
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
+    assert shipped_weights("cpu") is None and resolve_weights("cpu") == ()
+
+
+@pytest.mark.parametrize("command", ["run", "bench", "gui"])
+def test_random_weights_with_weights_is_refused_in_one_sentence(command, tmp_path, capsys):
+    flags = ["--random-weights", "--weights", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_:
+        main([command, *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--weights: not allowed with argument --random-weights" in err
+    assert err.count("\n") == 0
+    with pytest.raises(ValueError, match="contradict each other"):
+        resolve_weights("cpu", [tmp_path], random_weights=True)

@@ -209,7 +209,7 @@ def test_a_fuzz_of_bad_packets_changes_nothing_and_the_stream_goes_on(tmp_path):
         assert {(r["prompt"], r["strength"]) for r in frames} == {(START_PROMPT, 0.5)}
         # Issue 8: after the A/B preset, plain prompts used to change nothing.
         run.send(build_message("/streamdit/preset", "vj-crossfade"))
-        run.status("/streamdit/status/prompt", lambda text: text.startswith("liquid"), 10.0)
+        run.status("/streamdit/status/prompt", lambda text: text.startswith("a cyan"), 10.0)
         a_prompt_takes_effect(run, "after the fuzz, a lighthouse")
         code, stderr = run.stop()
     assert code == 0, stderr[-2000:]

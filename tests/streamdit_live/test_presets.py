@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,51 @@ def test_shipped_presets_fit_the_model_they_name():
         if controls.model not in built:
             built[controls.model] = build_models(controls.model, torch.device("cpu"))
         check_fits(controls, built[controls.model])
+
+
+# The looks the shipped model was trained on (training/looks.py); video prompts name one.
+LOOKS = {
+    "a pencil sketch",
+    "an old sepia photograph",
+    "a blue neon glow",
+    "a thermal camera image",
+    "a comic book drawing",
+    "a watercolor painting",
+    "a pixel art image",
+    "a black and white film",
+}
+# Text-mode prompts are SyntheticScenes captions: one shape, moving, on a background.
+SCENE = re.compile(
+    r"^an? (spinning |pulsing )?\w+ (circle|square|triangle|ring|star|cross|diamond) moving "
+    r"(left|right|up|down) on a (black|gradient|noise texture|checkerboard|grid) background$"
+)
+
+
+def test_shipped_presets_run_the_shipped_model_with_prompts_it_knows():
+    assert Controls().model == "cpu" and Controls().mode is Mode.VIDEO
+    assert Controls().prompt == "a pencil sketch"  # `make run` with no preset
+    for preset in PresetLibrary([("shipped", shipped_dir())]).all():
+        controls = preset.apply(Controls())
+        assert controls.model == "cpu", preset.name
+        assert not re.search(r"\d+(\.\d+)? ?(fps|ms|s of latency)", preset.description)
+        named = [preset.values[k] for k in ("prompt", "prompt_a", "prompt_b") if k in preset.values]
+        if controls.mode is Mode.VIDEO:
+            assert all(p in LOOKS for p in [*named, controls.prompt]), preset.name
+        else:
+            assert named and all(SCENE.match(p) for p in named), (preset.name, named)
+
+
+def test_shipped_presets_run_at_sizes_the_shipped_bundle_knows():
+    """Only where this checkout has the shipped bundle: a preset at a size it was neither
+    trained nor evaluated at would be refused when it starts."""
+    import model
+    from model.bundle import read_bundle_info
+    from streamdit_live.controls import Size
+
+    path = Path(model.__file__).parent / "weights" / "streamdit-cpu.safetensors"
+    if not path.is_file():
+        pytest.skip(f"{path} is not in this checkout")
+    sizes = {Size(w, h) for w, h in read_bundle_info(path).sizes}
+    for preset in PresetLibrary([("shipped", shipped_dir())]).all():
+        controls = preset.apply(Controls())
+        assert controls.size in sizes, (preset.name, controls.size, sizes)
