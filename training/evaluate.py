@@ -68,6 +68,7 @@ STRENGTHS = (0.3, 0.5, 0.8)
 @dataclass(frozen=True)
 class EvalConfig:
     size: int | None = None  # square frame side in pixels; None: the weights' own size
+    text_size: int | None = None  # the same for text mode; None: `size`
     prompts: int = 4  # held-out text prompts
     chunks: int = 4  # chunks kept per run, after its warm-up
     strengths: tuple[float, ...] = STRENGTHS
@@ -164,7 +165,9 @@ class Evaluation:
     def __init__(self, student: EvalModels, cfg: EvalConfig, teacher: EvalModels | None = None):
         self.student, self.teacher, self.cfg = student, teacher, cfg
         self.size = cfg.size or min(student.info.default_size)  # (W, H) -> a square side
-        check_settings(student, cfg.student, self.size)  # before any run, not halfway
+        self.text_size = cfg.text_size or self.size
+        for side in {self.size, self.text_size}:
+            check_settings(student, cfg.student, side)  # before any run, not halfway
         self.per_chunk = cfg.student.chunk_size * student.ae.cfg.temporal_factor
         self.frames = cfg.chunks * self.per_chunk  # output frames per run
         self.rows: list[SheetRow] = []
@@ -195,11 +198,11 @@ class Evaluation:
 
     def _stream(self, models, settings, scene=None, seed=0, prompt="", strength=1.0, codec=None):
         """One run: text mode for a scene (its drawing kept beside it), else video mode."""
-        mode, reference = StreamMode.VIDEO, self.footage
+        mode, reference, size = StreamMode.VIDEO, self.footage, self.size
         if scene is not None:
-            mode, prompt = StreamMode.TEXT, scene.caption
-            reference = render_scene(scene, self.frames, self.size, self.size)
-        chunks, size, seed = self.cfg.chunks, self.size, self.cfg.seed + seed
+            mode, prompt, size = StreamMode.TEXT, scene.caption, self.text_size
+            reference = render_scene(scene, self.frames, size, size)
+        chunks, seed = self.cfg.chunks, self.cfg.seed + seed
         run = run_stream(
             models, settings, prompt, chunks, size, seed, reference, mode, strength, codec
         )
@@ -238,6 +241,7 @@ class Evaluation:
             "text_encoder": str(info.text_encoder),
             "trained_sizes": [f"{w}x{h}" for w, h in info.trained_sizes],
             "size": self.size,
+            "text_size": self.text_size,
             "student": asdict(cfg.student),
             "text": {"prompts": text, **accuracy(text)},
             "video": {
@@ -394,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", nargs="+", type=Path, help="the teacher's weights (agreement)")
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="report folder")
     p.add_argument("--size", type=int, help="square frame side in pixels (default: trained)")
+    p.add_argument("--text-size", type=int, help="the same for text mode (default: --size)")
     p.add_argument("--prompts", type=int, default=4, help="held-out text prompts")
     p.add_argument("--chunks", type=int, default=4, help="chunks kept per run, after warm-up")
     p.add_argument("--strengths", type=_floats, default=STRENGTHS, help="e.g. 0.3,0.5,0.8")
@@ -433,6 +438,7 @@ def _main(args: argparse.Namespace) -> int:
     student = load_models(args.weights, device)
     cfg = EvalConfig(
         size=args.size,
+        text_size=args.text_size,
         prompts=args.prompts,
         chunks=args.chunks,
         strengths=args.strengths,
@@ -462,7 +468,10 @@ def _main(args: argparse.Namespace) -> int:
     report["seconds"] = round(time.perf_counter() - start, 2)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
-    header = f"{' '.join(report['weights'])} at {evaluation.size}px, {report['seconds']} s"
+    sizes = f"{evaluation.size}px" + (
+        f" (text {evaluation.text_size}px)" if evaluation.text_size != evaluation.size else ""
+    )
+    header = f"{' '.join(report['weights'])} at {sizes}, {report['seconds']} s"
     sheet = contact_sheet(evaluation.rows, header, cfg.thumbs)
     write_png(args.out / "contact_sheet.png", sheet)
     print("\n".join(summary(report)))

@@ -113,7 +113,7 @@ PROFILES = {
         dit_config=CONFIGS / "cpu.toml",
         distill_config=CONFIGS / "distill_cpu.toml",
         decoder_config=CONFIGS / "autoencoder_cpu_decoder.toml",
-        cache_clips=6000,
+        cache_clips=5000,
         bundle=Path("model/weights/streamdit-cpu.safetensors"),
         half=True,
     ),

@@ -17,7 +17,7 @@ from model.dit import StreamDiT
 from model.stream import StreamMode
 from training import metrics
 from training.eval_runs import StreamSettings, held_out_scenes, run_stream
-from training.evaluate import load_models, main
+from training.evaluate import EvalConfig, Evaluation, load_models, main
 from training.scenes import COLORS, render_scene
 
 SIZE = 64
@@ -220,6 +220,21 @@ def test_cli_writes_a_report_and_a_contact_sheet(tiny_weights, tmp_path, capsys)
     assert sheet is not None and sheet.shape[0] > 16 * SIZE  # a row per run
     printed = capsys.readouterr().out
     assert "held-out prompts" in printed and "contact_sheet.png" in printed
+
+
+def test_text_mode_runs_at_its_own_size(tiny_weights):
+    """A model trained on whole scenes at a crop size and on footage at a bigger one is
+    judged at each: --text-size for text mode, --size for video to video."""
+    models = load_models([tiny_weights], torch.device("cpu"))
+    cfg = EvalConfig(
+        text_size=32, prompts=1, chunks=1, strengths=(0.5,), styles=("a blue neon glow",)
+    )
+    evaluation = Evaluation(models, cfg)
+    report = evaluation.run(progress=False)
+    assert (report["size"], report["text_size"]) == (SIZE, 32)
+    text_row, video_row = evaluation.rows
+    assert text_row.left.shape[1:3] == text_row.right.shape[1:3] == (32, 32)
+    assert video_row.right.shape[1:3] == (SIZE, SIZE)
 
 
 def test_a_model_agrees_exactly_with_itself(tiny_weights, tmp_path):

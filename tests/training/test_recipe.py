@@ -147,7 +147,7 @@ def test_only_runs_the_named_steps(tmp_path):
 def test_the_cpu_recipe_wires_the_shipped_paths():
     profile = PROFILES["cpu"]
     commands = {c.step: c.text for c in plan(profile, plan_paths(profile, None))}
-    assert "--clips=6000 --out=runs/cpu/latents.safetensors" in commands[Step.CACHE]
+    assert "--clips=5000 --out=runs/cpu/latents.safetensors" in commands[Step.CACHE]
     assert "--set data.latent_cache= " in commands[Step.CACHE] + " "
     for step in (Step.CACHE, Step.DIT, Step.DISTILL):
         assert (
