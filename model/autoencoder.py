@@ -98,10 +98,10 @@ class AutoencoderConfig(ConfigDict):
 
 
 AE_CONFIGS: dict[str, AutoencoderConfig] = {
-    # Beside CONFIGS["tiny"] (the app's default and the tests' model): ~40K parameters,
+    # Beside CONFIGS["tiny"] (the tests' model): ~40K parameters,
     # runs in milliseconds. Latent channels match CONFIGS["tiny"].
     "tiny": AutoencoderConfig(latent_channels=4, channels=8, max_channels=16, temporal_kernel=2),
-    # Beside CONFIGS["cpu"], the bigger CPU model: 256x256 -> 32x32 latents, 8 channels.
+    # Beside CONFIGS["cpu"], the shipped model: 256x256 -> 32x32 latents, 8 channels.
     # Widths (32, 64, 128) at 128/64/32 px: ~6 ms encode+decode per 256x256 frame on 2 CPU
     # cores; 48 or 64 channels at the top level cost 4x (see docs/PERFORMANCE.md).
     "cpu": AutoencoderConfig(

@@ -91,9 +91,8 @@ class StreamDiTConfig(ConfigDict):
 
 
 CONFIGS: dict[str, StreamDiTConfig] = {
-    # The app's default (`--model tiny`, every shipped preset but `detail` and `gpu-quality`)
-    # and the tests' model: 0.17 M parameters, 2.8 ms per call on one core at its 4x16x16
-    # grid; the live pipeline holds 30 fps at 256x256 with it on 2 CPU cores (PERFORMANCE.md).
+    # The tests' model (random weights only): 0.17 M parameters, 2.8 ms per call on one core
+    # at its 4x16x16 grid.
     "tiny": StreamDiTConfig(
         latent_channels=4,
         patch_size=(1, 2, 2),
@@ -107,11 +106,11 @@ CONFIGS: dict[str, StreamDiTConfig] = {
         latent_frames=4,
         latent_size=(16, 16),
     ),
-    # The shipped model (`--model cpu`, every shipped preset but `gpu-quality`'s text mode on
-    # GPUs): 1.9 M parameters. 256x256 through the 8x spatial / 4x temporal autoencoder gives
-    # a 32x32 latent, 16x16 tokens per latent frame; a full buffer of 8 latent frames (32
-    # video frames) is 2048 tokens per call. Sized for what 2 CPU cores can train in hours
-    # (about compute-optimal for that budget) and stream in real time (PERFORMANCE.md).
+    # The shipped model (the default `--model` and every shipped preset): 1.63 M parameters.
+    # 256x256 through the 8x spatial / 4x temporal autoencoder gives a 32x32 latent, 16x16
+    # tokens per latent frame; a full buffer of 8 latent frames (32 video frames) is 2048
+    # tokens per call. Sized for what 2 CPU cores can train in hours (about compute-optimal
+    # for that budget) and stream in real time (PERFORMANCE.md).
     "cpu": StreamDiTConfig(
         latent_channels=8,
         patch_size=(1, 2, 2),

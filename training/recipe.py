@@ -116,6 +116,8 @@ PROFILES = {
         cache_clips=5000,
         bundle=Path("model/weights/streamdit-cpu.safetensors"),
         half=True,
+        # Text mode at the size scenes were drawn at; video to video at the footage's 256.
+        evaluate_args=("--text-size=128", "--prompts=8"),
     ),
     # The cpu recipe shortened for tests: the tiny presets, a trained (not random) tiny
     # autoencoder, cpu.toml's data mix (scenes and styled footage, footage cut to crops) for
