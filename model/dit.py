@@ -87,12 +87,15 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor, gelu: bool = False) -> Tenso
     CPU inference takes oneDNN's linear with the bias and GELU fused into the matmul (the op
     inductor uses). In bf16 on AVX-512/AMX it is ~20% faster than F.linear, which first
     copies the broadcast bias into the output, and torch's tanh GELU alone costs ~4x the
-    matmul it follows. Training (autograd) and other devices take the plain ops.
+    matmul it follows. Training (autograd), autocast regions and other devices take the plain
+    ops.
     """
     if (
         x.device.type == "cpu"
         and not torch.is_grad_enabled()
+        and x.dtype == weight.dtype
         and x.dtype in (torch.float32, torch.bfloat16)
+        and not torch.is_autocast_enabled("cpu")  # autocast casts for F.linear, not for this
         and _onednn_linear()
         and not torch.compiler.is_compiling()  # inductor fuses (and packs) on its own
     ):

@@ -184,6 +184,19 @@ def test_cached_layouts_from_inference_mode_do_not_break_training():
     assert net.blocks[0].self_attn.q.weight.grad.abs().sum() > 0
 
 
+def test_a_frozen_teacher_runs_inside_bf16_autocast():
+    """Distillation in bf16 calls the frozen teacher without gradients inside autocast: the
+    fused oneDNN linear must step aside there (it would get bf16 inputs and fp32 weights)."""
+    torch.manual_seed(0)
+    net = StreamDiT(TINY)
+    x, t, text = _inputs(TINY, 1, 4, 16, 16)
+    with torch.no_grad():
+        plain = net(x, t, text)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = net(x, t, text)
+    torch.testing.assert_close(mixed.float(), plain, atol=5e-2, rtol=5e-2)
+
+
 def test_inference_dtype_is_bf16_only_where_it_is_fast():
     cpu = torch.device("cpu")
     fast = torch.bfloat16 if fast_bf16_cpu() else torch.float32
