@@ -26,7 +26,7 @@ MODEL_CHOICES = ("tiny", "cpu", "4b")
 # The model size whose trained weights ship with the app (model/weights/): the default.
 SHIPPED_MODEL = "cpu"
 # The looks the shipped model learned (training/looks.py); the default prompt is one.
-DEFAULT_PROMPT = "a pencil sketch"
+DEFAULT_PROMPT = "a blue neon glow"
 
 
 class ControlError(ValueError):

@@ -164,7 +164,7 @@ SCENE = re.compile(
 
 def test_shipped_presets_run_the_shipped_model_with_prompts_it_knows():
     assert Controls().model == "cpu" and Controls().mode is Mode.VIDEO
-    assert Controls().prompt == "a pencil sketch"  # `make run` with no preset
+    assert Controls().prompt == "a blue neon glow"  # `make run` with no preset
     for preset in PresetLibrary([("shipped", shipped_dir())]).all():
         controls = preset.apply(Controls())
         assert controls.model == "cpu", preset.name
