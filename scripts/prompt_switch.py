@@ -7,7 +7,7 @@ the pixels of a real run.
 Starts `streamdit-live run --source demo` with a recording and a metrics file, sends
 `/streamdit/prompt` over UDP from a real OSC client once the stream has run
 `--switch-after` seconds, and reads the recording back: the delay is the time from the send
-to the first output frame from which on every frame's look is the new prompt's
+to the first output frame from which on every half second of output has the new prompt's look
 (`training.metrics.LOOK_CHECKS`), read on the run's own clock (the metrics file's `t`).
 Prints one line of numbers; exit 1 when the look never changed.
 """
@@ -28,6 +28,8 @@ import numpy as np
 from pythonosc.udp_client import SimpleUDPClient
 
 from training.metrics import LOOK_CHECKS, look, look_matches
+
+WINDOW = 12  # frames whose look is read together: half a second at 24 fps
 
 
 def free_port() -> int:
@@ -95,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             print(err.decode()[-2000:], file=sys.stderr)
             return run.returncode
         rows, frames = records(metrics), read_frames(video)
-    count = min(len(rows), len(frames))
-    matches = [bool(look_matches(args.after, look(frames[i : i + 1]))) for i in range(count)]
+    # The look of the half second of output from each frame on, as the evaluation reads a
+    # clip (one frame alone flickers across a look's thresholds).
+    count = min(len(rows), len(frames)) - WINDOW
+    window = [frames[i : i + WINDOW] for i in range(count)]
+    matches = [bool(look_matches(args.after, look(clip))) for clip in window]
     settled = settled_from(matches, sent["frame"] + 1)
     before = sum(matches[: sent["frame"] + 1]) / (sent["frame"] + 1)
     if settled is None:

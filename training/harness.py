@@ -3,7 +3,7 @@
 What a trainer does is its own: the model, the batch, the loss, the log record. Everything
 around it lives here, once: the distributed session, the run directory and its
 ``config.json``, exact resume from the latest ``checkpoints/state-*.safetensors`` (with the
-``log.jsonl`` rewound to it), the log and checkpoint cadence, linear learning-rate warm-up,
+``log.jsonl`` rewound to it), the log and checkpoint cadence, learning-rate warm-up and decay,
 bf16 autocast, the optimizer step, and the progress bar.
 
 A trainer's loop reads::
