@@ -263,6 +263,14 @@ def plan(
     ae = ("autoencoder.source=checkpoint", f"autoencoder.checkpoint={paths.autoencoder}")
     dit_sets = [*profile.overrides.get(Step.DIT, ()), *ae, *extra.get(Step.DIT, ())]
     evaluated = [arg for s in profile.evaluated_sizes for arg in ("--evaluated-size", s)]
+    decoder = []
+    if profile.decoder_config is not None:
+        init = (f"model.init={paths.autoencoder}", f"run.out_dir={paths.decoder_run}")
+        decoder.append(
+            Command(
+                Step.DECODER, (str(_config(profile.decoder_config)), *mine(Step.DECODER, *init))
+            )
+        )
     return [
         Command(
             Step.AUTOENCODER,
@@ -295,23 +303,7 @@ def plan(
                 ),
             ),
         ),
-        *(
-            [
-                Command(
-                    Step.DECODER,
-                    (
-                        str(_config(profile.decoder_config)),
-                        *mine(
-                            Step.DECODER,
-                            f"model.init={paths.autoencoder}",
-                            f"run.out_dir={paths.decoder_run}",
-                        ),
-                    ),
-                )
-            ]
-            if profile.decoder_config
-            else []
-        ),
+        *decoder,
         Command(
             Step.DISTILL,
             (
