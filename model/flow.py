@@ -61,3 +61,22 @@ def time_grid(steps: int, shift: float = 1.0, device: torch.device | str | None 
     return shift_time(
         torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64, device=device), shift
     )
+
+
+def bridge_start(x0: Tensor, source: Tensor, t_entry: Tensor | float, sigma_min: float) -> Tensor:
+    """Where a paired path starts: the source (a plain clip) noised to the entry time, as
+    video to video noises the camera's frames before the model restyles them."""
+    return interpolate(x0, source, t_entry, sigma_min)
+
+
+def bridge(
+    start: Tensor, x1: Tensor, t: Tensor | float, t_entry: Tensor | float
+) -> tuple[Tensor, Tensor]:
+    """The straight path from `start` (at t_entry) to the data x1 (at t = 1): the point at
+    time t >= t_entry and its constant velocity, the regression target of paired training.
+
+    With source = x1 the path is the plain one from t_entry on (up to sigma_min), so paired
+    training on an unpaired clip is ordinary flow matching.
+    """
+    v = (x1 - start) / (1 - t_entry)
+    return start + (t - t_entry) * v, v

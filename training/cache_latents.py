@@ -38,6 +38,7 @@ def _build(cfg, args: argparse.Namespace):
         args.clips,
         args.batch,
         autoencoder_tag(cfg),
+        progress=cfg.run.progress,
     )
 
 

@@ -95,6 +95,10 @@ class FlowSection:
     chunk_sizes: list[int] = field(default_factory=list)  # [] = every choice, c = B included
     ref_frames: int = 0  # K clean reference frames (StreamDiT uses 0)
     text_dropout: float = 0.1  # captions replaced by "" so CFG has an unconditional model
+    # Share of examples trained on the path from their source (video to video; see
+    # training/objective.py); clips without a source train as usual.
+    paired: float = 0.0
+    entry: list[float] = field(default_factory=lambda: [0.1, 0.75])  # t_e range, 1 = data
 
 
 @dataclass
@@ -284,6 +288,11 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"optim.batch_size must be >= 1, got {cfg.optim.batch_size}")
     if not 0.0 <= cfg.flow.text_dropout <= 1.0:
         raise ConfigError(f"flow.text_dropout must be in [0, 1], got {cfg.flow.text_dropout}")
+    if not 0.0 <= cfg.flow.paired <= 1.0:
+        raise ConfigError(f"flow.paired must be in [0, 1], got {cfg.flow.paired}")
+    entry = cfg.flow.entry
+    if len(entry) != 2 or not 0.0 <= entry[0] <= entry[1] < 1.0:
+        raise ConfigError(f"flow.entry must be [low, high] with 0 <= low <= high < 1, got {entry}")
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise ConfigError(f"optim.ema_decay must be in [0, 1), got {cfg.optim.ema_decay}")
     if min(cfg.data.synthetic, cfg.data.packaged, cfg.data.styles, cfg.data.folder) < 0:

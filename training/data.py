@@ -11,6 +11,9 @@ scikit-image, offline), `training.styles.StyleCorpus` (that real footage in name
 captioned with the look, for video to video), a `Mixture` of them, and `LatentCache` (clips
 pre-encoded by the autoencoder).
 
+A dataset may also know the clip an item was made from (`source_clip(i)`: the plain footage
+behind a look), which paired training uses (`source_of`, `WithSources`); the others have none.
+
 Letters: F frames, H W pixels.
 """
 
@@ -224,6 +227,28 @@ class VideoFolder(Dataset):
         raise RuntimeError("every video failed to decode; check the files")
 
 
+def source_of(dataset: Dataset, index: int) -> torch.Tensor | None:
+    """The clip item `index` of `dataset` was made from, or None when it has none."""
+    method = getattr(dataset, "source_clip", None)
+    return None if method is None else method(index)
+
+
+class WithSources(Dataset):
+    """Items ``(clip, caption, source)``: the source clip where the item has one, else the
+    clip itself (a paired path from a clip to itself is the plain path)."""
+
+    def __init__(self, data: Dataset):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, torch.Tensor]:
+        clip, caption = self.data[index]
+        source = source_of(self.data, index)
+        return clip, caption, clip if source is None else source
+
+
 class Mixture(Dataset):
     """Draws each item from one of several datasets with the given weights, by (seed, i)."""
 
@@ -239,10 +264,15 @@ class Mixture(Dataset):
     def __len__(self) -> int:
         return NOMINAL_LENGTH
 
-    def __getitem__(self, index: int):
+    def _part(self, index: int) -> Dataset:
         u = np.random.default_rng([self.seed, index, 3]).random()
-        part = min(bisect.bisect_right(self.cumulative, u), len(self.datasets) - 1)
-        return self.datasets[part][index]
+        return self.datasets[min(bisect.bisect_right(self.cumulative, u), len(self.datasets) - 1)]
+
+    def __getitem__(self, index: int):
+        return self._part(index)[index]
+
+    def source_clip(self, index: int) -> torch.Tensor | None:
+        return source_of(self._part(index), index)
 
 
 class Crops(Dataset):
@@ -256,14 +286,22 @@ class Crops(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        clip, caption = self.source[index]
+    def _cut(self, clip: torch.Tensor, index: int) -> torch.Tensor:
         h, w = clip.shape[-2:]
         size = min(self.size, h, w)
         rng = np.random.default_rng([self.seed, index, 7])
         top = int(rng.integers(0, (h - size) // self.multiple + 1)) * self.multiple
         left = int(rng.integers(0, (w - size) // self.multiple + 1)) * self.multiple
-        return clip[..., top : top + size, left : left + size], caption
+        return clip[..., top : top + size, left : left + size]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        clip, caption = self.source[index]
+        return self._cut(clip, index), caption
+
+    def source_clip(self, index: int) -> torch.Tensor | None:
+        """The source's source, cut to the same window as item ``index``."""
+        source = source_of(self.source, index)
+        return None if source is None else self._cut(source, index)
 
 
 class LatentCache(Dataset):
@@ -271,6 +309,8 @@ class LatentCache(Dataset):
 
     Stored as one safetensors file (float16 latents, captions in the metadata). Finite:
     item ``i`` is entry ``i mod n``, so the sampler's endless indices cycle through it.
+    Items that have a source clip (`source_of`) keep its latents too, as ``sources``, with
+    ``source_index`` pointing each entry at its source's row (-1: none).
     """
 
     def __init__(self, path: str | Path):
@@ -278,6 +318,13 @@ class LatentCache(Dataset):
 
         with safe_open(str(path), framework="pt") as f:
             self.latents = f.get_tensor("latents")
+            names = set(f.keys())
+            self.sources = f.get_tensor("sources") if "sources" in names else None
+            self.source_index = (
+                f.get_tensor("source_index")
+                if "source_index" in names
+                else torch.full((len(self.latents),), -1, dtype=torch.int64)
+            )
             meta = f.metadata() or {}
         self.captions = json.loads(meta.get("captions", "[]"))
         self.autoencoder = meta.get("autoencoder", "")
@@ -293,23 +340,49 @@ class LatentCache(Dataset):
         i = index % len(self.latents)
         return self.latents[i].float(), self.captions[i]
 
+    def source_clip(self, index: int) -> torch.Tensor | None:
+        row = int(self.source_index[index % len(self.latents)])
+        return None if row < 0 or self.sources is None else self.sources[row].float()
+
     @staticmethod
     @torch.no_grad()
     def build(
-        path: str | Path, dataset: Dataset, encode, count: int, batch: int = 8, tag: str = ""
+        path: str | Path,
+        dataset: Dataset,
+        encode,
+        count: int,
+        batch: int = 8,
+        tag: str = "",
+        progress: bool = False,
     ) -> Path:
-        """Encode items ``0..count-1`` of ``dataset`` with ``encode(clips) -> latents``."""
+        """Encode items ``0..count-1`` of ``dataset``, and their sources, with
+        ``encode(clips) -> latents``."""
         from safetensors.torch import save_file
+        from tqdm import tqdm
 
-        latents, captions = [], []
-        for lo in range(0, count, batch):
-            items = [dataset[i] for i in range(lo, min(lo + batch, count))]
-            latents.append(encode(torch.stack([c for c, _ in items])).half().cpu())
-            captions += [c for _, c in items]
+        latents, sources, captions, index = [], [], [], []
+        rows = 0
+        with tqdm(total=count, unit="clip", desc="encoding", disable=not progress) as bar:
+            for lo in range(0, count, batch):
+                span = range(lo, min(lo + batch, count))
+                items = [(*dataset[i], source_of(dataset, i)) for i in span]
+                latents.append(encode(torch.stack([c for c, _, _ in items])).half().cpu())
+                captions += [c for _, c, _ in items]
+                paired = [s for _, _, s in items if s is not None]
+                if paired:
+                    sources.append(encode(torch.stack(paired)).half().cpu())
+                for _, _, s in items:
+                    index.append(-1 if s is None else rows)
+                    rows += s is not None
+                bar.update(len(items))
+        tensors = {"latents": torch.cat(latents).contiguous()}
+        if sources:
+            tensors["sources"] = torch.cat(sources).contiguous()
+            tensors["source_index"] = torch.tensor(index, dtype=torch.int64)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"captions": json.dumps(captions), "autoencoder": tag}
-        save_file({"latents": torch.cat(latents).contiguous()}, str(path), metadata=meta)
+        save_file(tensors, str(path), metadata=meta)
         return path
 
 

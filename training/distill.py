@@ -52,7 +52,7 @@ from training.harness import (
     session,
     weights_digest,
 )
-from training.objective import step_generator
+from training.objective import noised, step_generator
 from training.train import (
     export_streamdit,
     lr_at,
@@ -103,8 +103,13 @@ def draw_stage_batch(
     teacher_steps: int,
     sigma_min: float,
     generator: torch.Generator,
+    sources: Tensor | None = None,
+    paired: float = 0.0,
+    entry: tuple[float, float] = (0.1, 0.75),
 ) -> StageBatch:
-    """Pick a chunk size per example and noise `latents` (B, C, F, H, W) to its stream layout."""
+    """Pick a chunk size per example and noise `latents` (B, C, F, H, W) to its stream layout;
+    a share `paired` of the examples with `sources` start from them as the teacher learned
+    (`training.objective.noised`), so the student learns video to video too."""
     batch, _, frames = latents.shape[:3]
     free = frames - ref_frames
     pick = torch.randint(len(chunk_sizes), (batch,), generator=generator).tolist()
@@ -115,8 +120,11 @@ def draw_stage_batch(
     t_start, _ = scheme_times(schemes, 0)
     _, t_end = scheme_times(schemes, teacher_steps - 1)
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-    t5 = t_start[:, None, :, None, None].to(latents.device, latents.dtype)  # (B, 1, F, 1, 1)
-    x = flow.interpolate(noise, latents, t5, sigma_min)
+    pair = torch.rand(batch, generator=generator) < paired
+    lo, hi = entry
+    t_entry = lo + (hi - lo) * torch.rand(batch, generator=generator)
+    times = t_start.to(latents.device, latents.dtype)
+    x, _ = noised(noise, latents, times, sigma_min, sources, pair, t_entry)
     return StageBatch(x, schemes, t_start, t_end)
 
 
@@ -261,14 +269,22 @@ def _distill(cfg: DistillConfig, env: distributed.DistEnv) -> dict:
     run.start(end)
     last: dict = {"step": step}
     loss_sum = gap_sum = 0.0
-    for stage_cfg, clips, captions in stage_batches(cfg, geo, per_rank, env, step, end):
+    for batch in stage_batches(cfg, geo, per_rank, env, step, end):
         lr = lr_at(cfg, run.step)
-        latents = to_latents(cfg, ae, clips, device)
+        latents = to_latents(cfg, ae, batch.clips, device)
         gen = step_generator(cfg.run.seed, run.step, env.rank)
         stage = draw_stage_batch(
-            latents, chunk_sizes, cfg.flow.ref_frames, s, net_cfg.sigma_min, gen
+            latents,
+            chunk_sizes,
+            cfg.flow.ref_frames,
+            s,
+            net_cfg.sigma_min,
+            gen,
+            to_latents(cfg, ae, batch.sources, device),
+            cfg.flow.paired,
+            tuple(cfg.flow.entry),
         )
-        prompts = encode_prompts(text_encoder, captions, device)
+        prompts = encode_prompts(text_encoder, batch.captions, device)
         with autocast(bf16, device):
             target = teacher_endpoint(teacher, stage, prompts, g)
             loss, gap = distill_loss(student, stage, target, prompts, cfg.flow.ref_frames)
@@ -281,7 +297,7 @@ def _distill(cfg: DistillConfig, env: distributed.DistEnv) -> dict:
             elapsed, steps = run.window()
             last = {
                 "step": run.step,
-                "stage": stage_cfg.name,
+                "stage": batch.stage.name,
                 "loss": distributed.all_mean(loss_sum / steps, env),
                 "gap": distributed.all_mean(gap_sum / steps, env),
                 "lr": lr,

@@ -5,6 +5,12 @@ of c frames. Chunk i (1..N, counted from the noisy end) draws one time t_i ~ U[(
 shared by its frames; c is drawn per example from the mixture of chunk sizes, so one model
 learns every partition from uniform diffusion (c = B) to the diagonal scheme (c = 1).
 
+Paired examples teach video to video: where a clip has a source (the plain footage a look
+was made from), a share of examples (`flow.paired`) draws an entry time t_e, as the app's
+strength sets it, and every frame at or after t_e lies on the straight path from the source
+noised to t_e to the styled clip (`model.flow.bridge`). The model so learns to turn noised
+camera frames into the look, not only to denoise clips that already have it.
+
 Letters: B batch, C latent channels, F buffer frames, H W latent size.
 """
 
@@ -28,6 +34,8 @@ class NoiseDraw:
     chunk_sizes: Tensor  # (B,) chunk size used per example
     noise: Tensor  # (B, C, F, H, W) standard normal
     drop_text: Tensor  # (B,) bool: caption replaced by the empty prompt
+    paired: Tensor  # (B,) bool: trained on the path from its source (when it has one)
+    entry: Tensor  # (B,) entry time t_e of a paired example, as video to video enters
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -62,13 +70,47 @@ def draw_noise(
     ref_frames: int,
     text_dropout: float,
     generator: torch.Generator,
+    paired: float = 0.0,
+    entry: tuple[float, float] = (0.1, 0.75),
 ) -> NoiseDraw:
-    """Per-chunk times, Gaussian noise and text-dropout flags for one batch."""
+    """Per-chunk times, Gaussian noise, text-dropout flags and the paired draws (share
+    `paired` of the examples, entry times uniform in `entry`) for one batch."""
     batch, _, frames = latent_shape[:3]
     times, sizes = sample_mixed_times(frames, batch, chunk_sizes, ref_frames, generator)
     noise = torch.randn(latent_shape, generator=generator)
     drop = torch.rand(batch, generator=generator) < text_dropout
-    return NoiseDraw(times, sizes, noise, drop)
+    pair = torch.rand(batch, generator=generator) < paired
+    lo, hi = entry
+    t_entry = lo + (hi - lo) * torch.rand(batch, generator=generator)
+    return NoiseDraw(times, sizes, noise, drop, pair, t_entry)
+
+
+def noised(
+    x0: Tensor,
+    x1: Tensor,
+    times: Tensor,
+    sigma_min: float,
+    sources: Tensor | None = None,
+    paired: Tensor | None = None,
+    entry: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The training points x_t and their velocity targets, (B, C, F, H, W) each.
+
+    `times` is (B, F). Without sources, the plain flow-matching path from noise x0 to data x1.
+    With sources (B, C, F, H, W), frames of a `paired` example at or after its `entry` time
+    take the bridge from the source noised to t_e to x1 instead; the rest stay plain.
+    """
+    t5 = times[:, None, :, None, None].to(x1.dtype)  # (B, 1, F, 1, 1): broadcast per frame
+    x_t = flow.interpolate(x0, x1, t5, sigma_min)
+    target = flow.velocity_target(x0, x1, sigma_min)
+    if sources is None or paired is None or entry is None or not bool(paired.any()):
+        return x_t, target
+    e5 = entry.to(x1.device, x1.dtype)[:, None, None, None, None]  # (B, 1, 1, 1, 1)
+    start = flow.bridge_start(x0, sources.to(x1.dtype), e5, sigma_min)
+    on_bridge, v = flow.bridge(start, x1, t5, e5)
+    use = paired.to(x1.device)[:, None] & (times >= entry.to(times.device)[:, None])  # (B, F)
+    use5 = use[:, None, :, None, None]
+    return torch.where(use5, on_bridge, x_t), torch.where(use5, v, target)
 
 
 def flow_matching_loss(
@@ -79,18 +121,18 @@ def flow_matching_loss(
     text_mask: Tensor | None,
     sigma_min: float,
     ref_frames: int,
+    sources: Tensor | None = None,
 ) -> Tensor:
     """Mean squared velocity error over the noised frames (reference frames excluded).
 
     Reference frames go in clean (t = 1) as context; the model's output there is not
-    trained, since at inference they are never updated.
+    trained, since at inference they are never updated. `sources` (B, C, F, H, W), when
+    given, are the latents each example's paired path starts from (see `noised`).
     """
     x1 = latents
     x0 = draw.noise.to(x1.device, x1.dtype)
     t = draw.times.to(x1.device)
-    t5 = t[:, None, :, None, None].to(x1.dtype)  # (B, 1, F, 1, 1): broadcast per frame
-    x_t = flow.interpolate(x0, x1, t5, sigma_min)
-    target = flow.velocity_target(x0, x1, sigma_min)
+    x_t, target = noised(x0, x1, t, sigma_min, sources, draw.paired, draw.entry)
     pred = net(x_t, t, text, text_mask)
     err = (pred.float() - target.float()).pow(2).mean(dim=(1, 3, 4))  # (B, F)
     active = (torch.arange(x1.shape[2], device=x1.device) >= ref_frames).float()  # (F,)

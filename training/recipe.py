@@ -96,9 +96,11 @@ class Profile:
 
 # CI: threads, logging and checkpoints that suit a few steps on one core.
 _QUICK = ("run.threads=1", "run.progress=false")
-# The teacher's and the student's: cpu.toml's text encoder and data mix, at tiny's 64 px.
+# The teacher's and the student's: cpu.toml's text encoder, data mix and paired share, at
+# tiny's 64 px.
 _TINY_DATA = (
     "text.encoder=minilm",
+    "flow.paired=0.5",
     "data.synthetic=0.5",
     "data.styles=0.5",
     "data.size=64",

@@ -135,7 +135,7 @@ def plan_scene(rng: np.random.Generator, frames: int, max_objects: int = 3) -> S
                 motion=motion,
                 start=start,
                 speed=speed,
-                size=float(rng.uniform(0.09, 0.17)),
+                size=float(rng.uniform(0.14, 0.24)),
                 phase=float(rng.uniform(0, 2 * math.pi)),
             )
         )

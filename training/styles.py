@@ -9,7 +9,8 @@ the look alone, not the clip's content, because the look alone is what a streame
 Each choice (a look or plain) is equally likely.
 
 Item ``i`` is a pure function of ``(seed, i)`` and the source's item ``i``, like every
-dataset in `training.data`.
+dataset in `training.data`; `StyleCorpus.source_clip` gives the plain clip behind a look, the
+start of paired training (training/objective.py).
 
 Letters: F frames, H W pixels.
 """
@@ -70,3 +71,7 @@ class StyleCorpus(Dataset):
             return clip, PLAIN_CAPTION
         frames = apply_look_clip(to_uint8_frames(clip), look)
         return to_clip_tensor(frames), look.caption
+
+    def source_clip(self, index: int) -> torch.Tensor | None:
+        """The plain clip a look was made from (None for a plain item: it is its own)."""
+        return None if self.look(index) is None else self.source[index][0]

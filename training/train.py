@@ -44,7 +44,7 @@ from training.config import (
     run_cli,
     to_dict,
 )
-from training.data import LatentCache, StepSampler, build_dataset
+from training.data import LatentCache, StepSampler, WithSources, build_dataset
 from training.ema import EMA
 from training.harness import (
     Cadence,
@@ -182,17 +182,26 @@ def geometry(cfg: TrainConfig, ae: VideoAutoencoder) -> Geometry:
     return Geometry(net_cfg.latent_frames * ae.cfg.temporal_factor, size, clip, tokens)
 
 
+class Batch(NamedTuple):
+    stage: Stage
+    clips: Tensor  # (B, 3, F, H, W) clips, or (B, C, F, H, W) latents from a cache
+    captions: list[str]
+    sources: Tensor | None  # the same, for the source of each item; None unless flow.paired
+
+
 def stage_batches(
     cfg: TrainConfig, geo: Geometry, per_rank: int, env: distributed.DistEnv, step: int, end: int
-) -> Iterator[tuple[Stage, Tensor, list[str]]]:
-    """(stage, clips or latents, captions) for steps `step`..`end`-1 of this rank: the data
-    order is a function of (seed, step, rank), so a resumed run sees the same batches."""
+) -> Iterator[Batch]:
+    """The batches of steps `step`..`end`-1 of this rank: the data order is a function of
+    (seed, step, rank), so a resumed run sees the same batches."""
     while step < end:
         stage, local = cfg.stage_at(step)
         stage_end = min(end, step - local + stage.steps)
         data = build_dataset(cfg.data, geo.video_frames, geo.size, cfg.run.seed, stage.folder_path)
         if isinstance(data, LatentCache):
             check_latent_cache(cfg, data)
+        if cfg.flow.paired > 0:
+            data = WithSources(data)
         loader = DataLoader(
             data,
             batch_size=per_rank,
@@ -203,15 +212,18 @@ def stage_batches(
         )
         batches = iter(loader)
         while step < stage_end:
-            clips, captions = next(batches)
-            yield stage, clips, list(captions)
+            clips, captions, *sources = next(batches)
+            yield Batch(stage, clips, list(captions), sources[0] if sources else None)
             step += 1
         del batches  # stops loader workers before the next stage builds its own
 
 
 @torch.no_grad()
-def to_latents(cfg: TrainConfig, ae: VideoAutoencoder, clips: Tensor, device) -> Tensor:
-    """A batch from `stage_batches` as latents (B, C, F, H, W) on `device`."""
+def to_latents(cfg: TrainConfig, ae: VideoAutoencoder, clips: Tensor | None, device):
+    """Clips (or cached latents) of a batch from `stage_batches` as latents (B, C, F, H, W)
+    on `device`; None stays None."""
+    if clips is None:
+        return None
     clips = clips.to(device, non_blocking=True)
     return clips if cfg.data.latent_cache else ae.encode(clips)
 
@@ -331,11 +343,23 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     run.start(end)
     last: dict = {"step": step}
     loss_sum = 0.0
-    for stage, clips, captions in stage_batches(cfg, geo, per_rank, env, step, end):
+    for batch in stage_batches(cfg, geo, per_rank, env, step, end):
         lr = lr_at(cfg, run.step)
-        latents = to_latents(cfg, ae, clips, device)
+        latents = to_latents(cfg, ae, batch.clips, device)
+        sources = to_latents(cfg, ae, batch.sources, device)
         loss, grad_norm = _step(
-            cfg, model, net, opt, text_encoder, latents, captions, chunk_sizes, run, lr, bf16
+            cfg,
+            model,
+            net,
+            opt,
+            text_encoder,
+            latents,
+            sources,
+            batch.captions,
+            chunk_sizes,
+            run,
+            lr,
+            bf16,
         )
         ema.update(net, run.step)
         run.tick()
@@ -346,7 +370,7 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
             samples_s = steps * cfg.optim.batch_size / elapsed
             last = {
                 "step": run.step,
-                "stage": stage.name,
+                "stage": batch.stage.name,
                 "loss": distributed.all_mean(loss_sum / steps, env),
                 "lr": lr,
                 "grad_norm": grad_norm,
@@ -381,6 +405,7 @@ def _step(
     opt: torch.optim.Optimizer,
     text_encoder,
     latents: Tensor,
+    sources: Tensor | None,
     captions: list[str],
     chunk_sizes: list[int],
     run: Harness,
@@ -391,7 +416,13 @@ def _step(
     device = run.env.device
     gen = step_generator(cfg.run.seed, run.step, run.env.rank)
     draw = draw_noise(
-        tuple(latents.shape), chunk_sizes, cfg.flow.ref_frames, cfg.flow.text_dropout, gen
+        tuple(latents.shape),
+        chunk_sizes,
+        cfg.flow.ref_frames,
+        cfg.flow.text_dropout,
+        gen,
+        cfg.flow.paired,
+        tuple(cfg.flow.entry),
     )
     prompts = ["" if drop else c for c, drop in zip(captions, draw.drop_text.tolist(), strict=True)]
     text = text_encoder.encode(prompts).to(device)
@@ -404,6 +435,7 @@ def _step(
             text.mask,
             model_config(cfg).sigma_min,
             cfg.flow.ref_frames,
+            sources,
         )
     grad_norm = optimizer_step(loss, net, opt, lr, cfg.optim.grad_clip)
     return float(loss.detach()), grad_norm

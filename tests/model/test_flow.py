@@ -1,5 +1,6 @@
 import torch
 
+from model import flow
 from model.flow import (
     euler_step,
     interpolate,
@@ -58,3 +59,26 @@ def test_shift_time_keeps_endpoints_moves_toward_noise_and_inverts():
     assert torch.all(s[1:] > s[:-1])
     assert torch.allclose(unshift_time(s, 3.0), t)
     assert torch.equal(shift_time(t, 1.0), t)
+
+
+def test_bridge_runs_from_the_noised_source_to_the_data_at_constant_speed():
+    g = torch.Generator().manual_seed(1)
+    x0, source, x1 = (torch.randn(2, 3, 4, generator=g) for _ in range(3))
+    t_e = 0.4
+    start = flow.bridge_start(x0, source, t_e, 0.0)
+    assert torch.allclose(start, flow.interpolate(x0, source, t_e, 0.0))
+    at_entry, v = flow.bridge(start, x1, t_e, t_e)
+    at_end, _ = flow.bridge(start, x1, 1.0, t_e)
+    assert torch.allclose(at_entry, start) and torch.allclose(at_end, x1, atol=1e-6)
+    # Euler along v from t_e reaches x1 in one step: the velocity is the path's derivative.
+    assert torch.allclose(flow.euler_step(start, v, 1 - t_e), x1, atol=1e-6)
+
+
+def test_bridge_from_the_data_itself_is_the_plain_path():
+    g = torch.Generator().manual_seed(2)
+    x0, x1 = torch.randn(5, generator=g), torch.randn(5, generator=g)
+    start = flow.bridge_start(x0, x1, 0.3, 0.0)
+    for t in (0.3, 0.6, 0.9):
+        x_t, v = flow.bridge(start, x1, t, 0.3)
+        assert torch.allclose(x_t, flow.interpolate(x0, x1, t, 0.0), atol=1e-6)
+        assert torch.allclose(v, flow.velocity_target(x0, x1, 0.0), atol=1e-5)

@@ -195,3 +195,34 @@ def test_build_dataset_draws_scenes_at_the_crop_and_crops_footage_made_at_the_si
         DataSection(synthetic=0.0, folder=1.0, folder_path=str(tmp_path)), 4, 64, 3
     )
     assert isinstance(plain, VideoFolder) and plain[0][0].shape == (3, 4, 64, 64)
+
+
+class _Sourced(torch.utils.data.Dataset):
+    """Every third item has a source: the item negated."""
+
+    def __len__(self) -> int:
+        return 100
+
+    def __getitem__(self, i):
+        return torch.full((3, 4, 8, 8), float(i)), f"item {i}"
+
+    def source_clip(self, i):
+        return -self[i][0] if i % 3 == 0 else None
+
+
+def test_latent_cache_keeps_the_sources_of_the_items_that_have_one(tmp_path):
+    path = LatentCache.build(tmp_path / "c.safetensors", _Sourced(), lambda x: x[:, :2] * 0.5, 7, 3)
+    cache = LatentCache(path)
+    assert cache.sources is not None and len(cache.sources) == 3  # items 0, 3, 6
+    for i in range(9):
+        latents, caption = cache[i]
+        j = i % 7
+        assert caption == f"item {j}" and torch.allclose(latents, torch.full_like(latents, j / 2))
+        source = cache.source_clip(i)
+        if j % 3:
+            assert source is None
+        else:
+            assert torch.allclose(source, -latents)
+    scenes = SyntheticScenes(2, 8)
+    plain = LatentCache(LatentCache.build(tmp_path / "p.safetensors", scenes, lambda x: x, 2))
+    assert plain.sources is None and plain.source_clip(1) is None

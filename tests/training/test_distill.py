@@ -226,3 +226,23 @@ def test_shipped_configs_pair_with_their_teachers_run(name, teacher_config):
         assert getattr(cfg, section) == getattr(teacher, section), section
     assert cfg.run.seed == teacher.run.seed and cfg.run.out_dir != teacher.run.out_dir
     assert cfg.distill.teacher_steps > 1 and cfg.distill.guidance > 1
+
+
+def test_paired_stage_buffers_start_from_the_source_as_the_teacher_learned():
+    g = torch.Generator().manual_seed(3)
+    latents, sources = torch.randn(4, 2, 8, 2, 2, generator=g), torch.randn(4, 2, 8, 2, 2)
+    plain = draw_stage_batch(latents, [1], 0, 2, 0.0, torch.Generator().manual_seed(5))
+    same = draw_stage_batch(latents, [1], 0, 2, 0.0, torch.Generator().manual_seed(5), sources)
+    assert torch.equal(plain.x, same.x)  # paired = 0: sources unused
+    stage = draw_stage_batch(
+        latents, [1], 0, 2, 0.0, torch.Generator().manual_seed(5), sources, 1.0, (0.5, 0.5)
+    )
+    late = stage.t_start[0] >= 0.5  # frames at or after the entry level lie on the bridge
+    assert late.any() and (~late).any()
+    assert torch.equal(stage.x[:, :, ~late], plain.x[:, :, ~late])
+    assert not torch.allclose(stage.x[:, :, late], plain.x[:, :, late])
+    # With the data as its own source the bridge is the plain path.
+    own = draw_stage_batch(
+        latents, [1], 0, 2, 0.0, torch.Generator().manual_seed(5), latents, 1.0, (0.5, 0.5)
+    )
+    assert torch.allclose(own.x, plain.x, atol=1e-5)

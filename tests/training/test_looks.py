@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from training.config import DataSection
-from training.data import Mixture, build_dataset, to_clip_tensor
+from training.data import (
+    CROP_MULTIPLE,
+    Crops,
+    Mixture,
+    SyntheticScenes,
+    WithSources,
+    build_dataset,
+    to_clip_tensor,
+)
 from training.looks import PLAIN_CAPTION, Look, apply_look, apply_look_clip
 from training.styles import StyleCorpus, to_uint8_frames
 
@@ -177,3 +185,29 @@ def test_build_dataset_mixes_styles_with_scenes() -> None:
     styled = [c for c in captions if c in looks]
     assert 8 < len(styled) < 32  # about half from each source
     assert any("moving" in c for c in captions)  # synthetic scene captions
+
+
+def test_a_look_knows_the_plain_clip_it_was_made_from_through_crops_and_mixtures() -> None:
+    source = _Clips(frames=2, size=64)
+    corpus = StyleCorpus(source, seed=3)
+    styled = [i for i in range(20) if corpus.look(i) is not None]
+    plain = [i for i in range(20) if corpus.look(i) is None]
+    assert styled and plain
+    for i in styled:
+        assert torch.equal(corpus.source_clip(i), source[i][0])
+    assert all(corpus.source_clip(i) is None for i in plain)  # a plain clip is its own source
+    crops = Crops(corpus, 32, CROP_MULTIPLE, seed=1)
+    mixed = Mixture([(crops, 1.0), (SyntheticScenes(2, 32), 1.0)], seed=2)
+    pairs = WithSources(mixed)
+    seen = 0
+    for i in range(40):
+        clip, caption, src = pairs[i]
+        if caption in {look.caption for look in Look}:
+            # The same window of the plain clip the styled one was cut from.
+            assert torch.equal(clip, crops[i][0])
+            assert torch.equal(src, Crops(source, 32, CROP_MULTIPLE, seed=1)[i][0])
+            assert not torch.equal(src, clip)
+            seen += 1
+        else:
+            assert torch.equal(src, clip)  # scenes and plain footage: no source
+    assert seen > 5

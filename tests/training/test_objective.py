@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model import flow
 from model.partition import chunk_size_choices
 from training.objective import (
     NoiseDraw,
     draw_noise,
     flow_matching_loss,
+    noised,
     resolve_chunk_sizes,
     step_generator,
 )
@@ -85,3 +87,50 @@ def test_perfect_velocity_gives_zero_loss():
 
     loss = flow_matching_loss(oracle, latents, draw, torch.zeros(2, 1, 8), None, 1e-5, 0)
     assert loss < 1e-10
+
+
+# --- paired examples (video to video) -------------------------------------------------------
+
+
+def test_paired_draws_follow_the_share_and_the_entry_range():
+    gen = step_generator(0, 3, 0)
+    draw = draw_noise((2000, 2, 8, 2, 2), [1, 2], 0, 0.0, gen, paired=0.25, entry=(0.2, 0.6))
+    assert 0.2 < draw.paired.float().mean() < 0.3
+    assert draw.entry.min() >= 0.2 and draw.entry.max() <= 0.6
+    plain = draw_noise((2000, 2, 8, 2, 2), [1, 2], 0, 0.0, step_generator(0, 3, 0))
+    assert not plain.paired.any()
+    # Paired draws come last: the times and noise of a step do not depend on them.
+    assert torch.equal(plain.times, draw.times) and torch.equal(plain.noise, draw.noise)
+
+
+def test_noised_puts_paired_frames_after_entry_on_the_bridge_and_leaves_the_rest_plain():
+    g = torch.Generator().manual_seed(0)
+    x0, x1, source = (torch.randn(2, 3, 4, 2, 2, generator=g) for _ in range(3))
+    times = torch.tensor([[0.2, 0.5, 0.7, 1.0], [0.2, 0.5, 0.7, 1.0]])
+    paired, entry = torch.tensor([True, False]), torch.tensor([0.5, 0.5])
+    x_t, v = noised(x0, x1, times, 0.0, source, paired, entry)
+    plain_x, plain_v = noised(x0, x1, times, 0.0)
+    start = flow.bridge_start(x0[0], source[0], 0.5, 0.0)
+    for f, t in enumerate(times[0].tolist()):
+        if t < 0.5:  # before entry: the plain path, as for the unpaired example
+            assert torch.equal(x_t[0, :, f], plain_x[0, :, f])
+        else:
+            want_x, want_v = flow.bridge(start, x1[0], t, 0.5)
+            assert torch.allclose(x_t[0, :, f], want_x[:, f], atol=1e-6)
+            assert torch.allclose(v[0, :, f], want_v[:, f], atol=1e-5)
+    assert torch.equal(x_t[1], plain_x[1]) and torch.equal(v[1], plain_v[1])
+
+
+def test_paired_loss_on_clips_without_a_source_is_the_plain_loss():
+    def net(x, t, text, mask):  # any fixed function of the input point
+        return 0.5 * x
+
+    latents = torch.randn(3, 2, 8, 2, 2, generator=torch.Generator().manual_seed(4))
+    gen = step_generator(1, 1, 0)
+    draw = draw_noise(tuple(latents.shape), [1, 2, 4, 8], 0, 0.0, gen, paired=1.0)
+    text = torch.zeros(3, 1, 4)
+    plain = flow_matching_loss(net, latents, draw, text, None, 0.0, 0)
+    paired = flow_matching_loss(net, latents, draw, text, None, 0.0, 0, sources=latents)
+    assert draw.paired.all() and torch.allclose(plain, paired, rtol=1e-4)
+    moved = flow_matching_loss(net, latents, draw, text, None, 0.0, 0, sources=-latents)
+    assert not torch.allclose(plain, moved)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,34 @@ def test_a_run_on_crops_packs_with_both_sizes(tmp_path):
     bundle = load_bundle(pack(dit, ae, tmp_path / "tiny.safetensors"))
     assert bundle.trained_sizes == ((64, 64), (32, 32))
     assert bundle.info.default_size == (64, 64)  # the app runs at the footage's scale
+
+
+# --- paired training (flow.paired) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("flow.paired=1.5", r"flow.paired must be in \[0, 1\], got 1.5"),
+        ("flow.entry=[0.6, 0.2]", r"flow.entry must be \[low, high\]"),
+        ("flow.entry=[0.2, 1.0]", r"flow.entry must be \[low, high\]"),
+    ],
+)
+def test_paired_settings_are_checked(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TINY, [setting])
+
+
+def test_a_paired_run_on_styled_footage_trains(tmp_path):
+    pytest.importorskip("skimage")
+    sets = [
+        *QUIET,
+        "flow.paired=1.0",
+        "data.synthetic=0.0",
+        "data.styles=1.0",
+        "data.size=32",
+        "run.max_steps=2",
+        f"run.out_dir={tmp_path}",
+    ]
+    last = train(load_config(TINY, sets))
+    assert last["step"] == 2 and all(math.isfinite(x) for x in losses(tmp_path))
