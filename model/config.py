@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, TypeVar
 
 C = TypeVar("C", bound="ConfigDict")
@@ -32,12 +33,35 @@ class ConfigDict:
         return dataclasses.replace(self, **changes)
 
 
+class TimeInput(str, Enum):
+    """Which time the network's sinusoidal features read (the API's t is always ours)."""
+
+    DATA_AT_ONE = "data_at_one"  # ours: features of 1000 t, t = 1 is data (float32)
+    NOISE_AT_ONE = "noise_at_one"  # Wan: features of 1000 (1 - t), in float64 as Wan does
+
+
+class Prediction(str, Enum):
+    """What the head's raw output is; `StreamDiT.forward` always returns our velocity."""
+
+    VELOCITY = "velocity"  # ours: x1 - x0 (data minus noise)
+    NOISE_MINUS_DATA = "noise_minus_data"  # Wan's flow target eps - x0: negated on output
+
+
+# A window this large is clamped to any token grid: full attention (Wan's).
+FULL_WINDOW = (1 << 16, 1 << 16, 1 << 16)
+
+
 @dataclass(frozen=True)
 class StreamDiTConfig(ConfigDict):
     """Everything that fixes the shapes of a StreamDiT network.
 
     `window` is in *tokens* (after patching), per (F, H, W). A window larger than the token
-    grid is clamped to it, so a huge window means full attention.
+    grid is clamped to it, so a huge window (`FULL_WINDOW`) means full attention, which then
+    runs without the window gather.
+
+    The last group of switches exists for imported Wan2.1-architecture weights
+    (model.import_wan, docs/WEIGHTS.md); their defaults are our own architecture, so configs
+    and checkpoints saved before they existed load unchanged.
     """
 
     latent_channels: int = 8
@@ -59,8 +83,23 @@ class StreamDiTConfig(ConfigDict):
     # limit (any F, H, W divisible by the patch size works).
     latent_frames: int = 8
     latent_size: tuple[int, int] = (32, 32)
+    # Wan2.1 compatibility (defaults: ours).
+    ffn_dim: int = 0  # MLP width; 0 means int(dim * mlp_ratio)
+    head_table: bool = False  # head: a learned (1, 2, D) table + the raw time embedding
+    time_input: TimeInput = TimeInput.DATA_AT_ONE
+    prediction: Prediction = Prediction.VELOCITY
 
     def __post_init__(self) -> None:
+        # JSON (checkpoint metadata) gives the enums back as their string values.
+        for name, enum in (("time_input", TimeInput), ("prediction", Prediction)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, enum(value))
+            except ValueError:
+                known = [m.value for m in enum]
+                raise ValueError(f"{name} must be one of {known}, got {value!r}") from None
+        if self.ffn_dim < 0:
+            raise ValueError(f"ffn_dim must be >= 0 (0: from mlp_ratio), got {self.ffn_dim}")
         for name in ("latent_channels", "dim", "depth", "heads", "text_dim", "text_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -87,7 +126,11 @@ class StreamDiTConfig(ConfigDict):
 
     @property
     def mlp_dim(self) -> int:
-        return int(self.dim * self.mlp_ratio)
+        return self.ffn_dim or int(self.dim * self.mlp_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        return {k: v.value if isinstance(v, Enum) else v for k, v in d.items()}
 
 
 CONFIGS: dict[str, StreamDiTConfig] = {

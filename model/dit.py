@@ -2,9 +2,11 @@
 
 Read top-down: `StreamDiT.forward` patches the latent video into tokens, embeds each frame's
 own time, runs the blocks (window self-attention, text cross-attention, MLP) and unpatches.
-Parameter names follow common video-DiT conventions (patch_embedding, text_embedding,
-time_embedding, time_projection, blocks.N.{self_attn,cross_attn,ffn,norm3,modulation}, head)
-so that public pretrained weights map onto them by name.
+Parameter names are those of the original Wan2.1 code (patch_embedding, text_embedding,
+time_embedding, time_projection, blocks.N.{self_attn,cross_attn,ffn,norm3,modulation}, head).
+With the Wan switches of `StreamDiTConfig` (head_table, time_input, prediction, ffn_dim and a
+full window) a Wan2.1-architecture transformer maps onto this one tensor for tensor, up to the
+shape of the per-block tables; `model.import_wan` converts such checkpoints (docs/WEIGHTS.md).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from model.attention import (
     window_attention,
     window_layout,
 )
-from model.config import StreamDiTConfig
+from model.config import Prediction, StreamDiTConfig, TimeInput
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -46,6 +48,16 @@ def timestep_features(t: Tensor, dim: int, max_period: float = 10000.0) -> Tenso
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
     args = t.float()[..., None] * 1000.0 * freqs  # scale to the 0..1000 range DiTs expect
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def wan_timestep_features(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Wan's features of our t: timestep 1000 (1 - t) (1000 is noise), computed in float64 as
+    Wan2.1 and SkyReels-V2 do (arguments reach 1000 rad) -> (*t.shape, dim), float32."""
+    wide = torch.float32 if t.device.type == "mps" else torch.float64  # mps has no float64
+    half = dim // 2
+    freqs = max_period ** -(torch.arange(half, device=t.device, dtype=wide) / half)
+    args = (1000.0 * (1.0 - t.to(wide)))[..., None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).float()
 
 
 def fast_bf16_cpu() -> bool:
@@ -143,14 +155,20 @@ class SelfAttention(Attention):
     def forward(self, x: Tensor, layout: WindowLayout) -> Tensor:
         """x (B, L, D) -> (B, L, D): attention within the windows of `layout`."""
         b, d = x.shape[0], x.shape[-1]
+        # One window over the whole grid, unmasked: window order is token order (full
+        # attention, Wan's), so both gathers are skipped.
+        full = layout.mask is None and layout.plan.num_windows == 1
         # Into window order once, for q, k and v together: (B, L, 3D) -> (B, nW*Lw, 3D).
-        qkv = to_window_order(self.fused(x, self.q, self.k, self.v), layout)
+        qkv = self.fused(x, self.q, self.k, self.v)
+        if not full:
+            qkv = to_window_order(qkv, layout)
         q, k, v = qkv.chunk(3, dim=-1)
         heads = (b, -1, self.heads, d // self.heads)  # (B, nW*Lw, D) -> (B, nW*Lw, Nh, Dh)
+        # The norms see all heads at once (Wan's "rms_norm_across_heads"), then heads split.
         q = rotate(qk_norm(q, self.norm_q).view(heads), layout.cos, layout.sin)
         k = rotate(qk_norm(k, self.norm_k).view(heads), layout.cos, layout.sin)
         out = window_attention(q, k, v.unflatten(-1, heads[2:]), layout)  # (B, nW*Lw, D)
-        return linear(to_token_order(out, layout), self.o.weight, self.o.bias)
+        return linear(out if full else to_token_order(out, layout), self.o.weight, self.o.bias)
 
 
 class CrossAttention(Attention):
@@ -218,16 +236,28 @@ class Block(nn.Module):
 
 
 class Head(nn.Module):
-    """Final per-frame adaLN layer and the linear map back to patch values."""
+    """Final per-frame adaLN layer and the linear map back to patch values.
+
+    Shift and scale come from SiLU + Linear of the time embedding, or (`head_table`, Wan's
+    head) from a learned (1, 2, D) table added to the raw time embedding.
+    """
 
     def __init__(self, cfg: StreamDiTConfig):
         super().__init__()
+        self.table = cfg.head_table
         self.norm = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim))
+        if cfg.head_table:
+            self.modulation = nn.Parameter(torch.zeros(1, 2, cfg.dim))
+        else:
+            self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim))
         self.head = nn.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.latent_channels)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        shift, scale = self.modulation(emb).unsqueeze(2).chunk(2, dim=-1)  # (B, F, 1, D) each
+        if self.table:  # (B, F, 1, D) + (1, 2, D) -> (B, F, 2, D) -> (B, F, 1, D) each
+            mod = emb.unsqueeze(2) + self.modulation.to(emb.dtype)
+            shift, scale = mod.chunk(2, dim=2)
+        else:
+            shift, scale = self.modulation(emb).unsqueeze(2).chunk(2, dim=-1)  # (B, F, 1, D)
         h = modulate(per_frame(self.norm(x), emb.shape[1]), shift, scale)  # (B, F, L/F, D)
         return self.head(h.flatten(1, 2))
 
@@ -283,7 +313,9 @@ class StreamDiT(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)
         # adaLN-Zero: every modulation starts at zero, so gates are closed and each block
         # starts as the identity. The cross-attention has no gate; its output starts at zero.
-        zero = [self.head.modulation[-1], self.head.head]
+        zero = (
+            [self.head.head] if self.cfg.head_table else [self.head.modulation[-1], self.head.head]
+        )
         if self.cfg.adaln_single:
             zero.append(self.time_projection[-1])
         for block in self.blocks:
@@ -330,7 +362,10 @@ class StreamDiT(nn.Module):
         tokens = F.linear(patches, conv.weight.flatten(1), conv.bias)  # (B, L, D)
         # Frames sharing a temporal patch share a token frame: average their times.
         t_tok = rearrange(t, "b (f pt) -> b f pt", pt=pt).mean(-1)  # (B, Ft)
-        emb = self.time_embedding(timestep_features(t_tok, cfg.freq_dim).to(x.dtype))  # (B,Ft,D)
+        features = (
+            timestep_features if cfg.time_input is TimeInput.DATA_AT_ONE else wan_timestep_features
+        )
+        emb = self.time_embedding(features(t_tok, cfg.freq_dim).to(x.dtype))  # (B, Ft, D)
         block_emb = emb
         if cfg.adaln_single:
             block_emb = self.time_projection(emb).unflatten(-1, (6, -1))  # (B, Ft, 6, D)
@@ -351,6 +386,8 @@ class StreamDiT(nn.Module):
             tokens = block(tokens, block_emb, context, context_mask, layouts)
 
         out = self.head(tokens, emb)  # (B, L, pt*ph*pw*C)
+        if cfg.prediction is Prediction.NOISE_MINUS_DATA:
+            out = out.neg()  # eps - x0 is minus our velocity x1 - x0 (sigma_min = 0)
         f, h, w = grid
         return rearrange(
             out,

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import attention_reference as reference
 import pytest
@@ -6,7 +7,11 @@ import torch
 
 from model import CONFIGS, StreamDiT
 from model.attention import plan_windows, rope_tables
+from model.bundle import load_bundle, read_bundle_info
+from model.config import FULL_WINDOW, Prediction, TimeInput
 from model.dit import fast_bf16_cpu, inference_dtype, window_layouts
+
+SHIPPED = Path(__file__).parents[2] / "model" / "weights" / "streamdit-cpu.safetensors"
 
 
 def _random_net(cfg, seed=0):
@@ -95,6 +100,8 @@ def test_text_mask_hides_padding_tokens():
         {"cross_attn_norm": False},
         {"patch_size": (2, 2, 2)},
         {"patch_size": (1, 1, 1), "window": (2, 8, 8)},
+        {"head_table": True, "ffn_dim": 40, "window": FULL_WINDOW},
+        {"time_input": TimeInput.NOISE_AT_ONE, "prediction": Prediction.NOISE_MINUS_DATA},
     ],
     ids=str,
 )
@@ -110,6 +117,68 @@ def test_variants_are_config_switches(changes):
     assert ("blocks.0.adaLN_modulation.1.weight" in names) == (not cfg.adaln_single)
     assert ("blocks.0.self_attn.norm_q.weight" in names) == cfg.qk_norm
     assert ("blocks.0.norm3.weight" in names) == cfg.cross_attn_norm
+    shapes = {n: tuple(p.shape) for n, p in net.named_parameters()}
+    assert shapes["blocks.0.ffn.0.weight"] == (cfg.ffn_dim or int(cfg.dim * cfg.mlp_ratio), cfg.dim)
+    assert (shapes.get("head.modulation") == (1, 2, cfg.dim)) == cfg.head_table
+    assert ("head.modulation.1.weight" in shapes) == (not cfg.head_table)
+
+
+# The tiny network's output before the Wan switches existed (torch 2.13, x86-64, one thread):
+# out.flatten()[::16] and out.abs().sum() for _random_net(TINY) on
+# _inputs(TINY, 1, 2, 4, 8). The switches' defaults must leave it unchanged (bit for bit on
+# the machine that recorded it; the tolerance only absorbs other CPUs' rounding).
+REFERENCE_SLICE = [
+    0.649837, 0.863802, 2.235157, 2.440102, -6.327868, -6.52784, -4.202284, -4.10994,
+    -0.606675, -0.702399, -0.677232, -0.666983, -1.194149, -1.361687, 0.295017, 0.332416,
+]  # fmt: skip
+REFERENCE_ABS_SUM = 754.0601806640625
+
+
+def test_default_path_reproduces_the_output_recorded_before_the_wan_switches():
+    net = _random_net(TINY)
+    x, t, text = _inputs(TINY, 1, 2, 4, 8)
+    with torch.no_grad():
+        out = net(x, t, text)
+    torch.testing.assert_close(
+        out.flatten()[::16], torch.tensor(REFERENCE_SLICE), atol=2e-6, rtol=1e-6
+    )
+    assert out.abs().sum().item() == pytest.approx(REFERENCE_ABS_SUM, rel=1e-6)
+
+
+def test_the_shipped_checkpoint_loads_with_every_wan_switch_off():
+    """Its metadata predates the switches: they take their defaults (our architecture)."""
+    cfg = read_bundle_info(SHIPPED).dit_config
+    assert cfg == CONFIGS["cpu"]
+    assert (cfg.ffn_dim, cfg.head_table) == (0, False)
+    assert (cfg.time_input, cfg.prediction) == (TimeInput.DATA_AT_ONE, Prediction.VELOCITY)
+    dit = load_bundle(SHIPPED).dit
+    x, t, text = _inputs(cfg, 1, 2, 8, 8)
+    with torch.no_grad():
+        assert torch.isfinite(dit(x, t, text)).all()
+
+
+def test_wan_time_and_sign_conventions():
+    """Wan reads 1000 (1 - t) and predicts eps - x0: with the same weights, the Wan switches
+    give minus the output of our network at time 1 - t."""
+    ours = _random_net(TINY)
+    wan = StreamDiT(
+        TINY.replace(time_input=TimeInput.NOISE_AT_ONE, prediction=Prediction.NOISE_MINUS_DATA)
+    ).eval()
+    wan.load_state_dict(ours.state_dict())
+    x, t, text = _inputs(TINY, 2, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(wan(x, t, text), -ours(x, 1 - t, text), atol=1e-4, rtol=1e-4)
+
+
+def test_head_table_adds_the_raw_time_embedding():
+    cfg = TINY.replace(head_table=True)
+    net = _random_net(cfg)
+    x, t, text = _inputs(cfg, 1, 4, 8, 8)
+    with torch.no_grad():
+        a = net(x, t, text)
+        net.head.modulation[0, 1] += 1.0  # scale + 1 on every frame: a different map
+        b = net(x, t, text)
+    assert (a - b).abs().max() > 1e-2
 
 
 def test_bfloat16_forward_runs():
@@ -160,6 +229,23 @@ def test_self_attention_equals_the_previous_implementation(grid, shifted, grad):
     rope = rope_tables(grid, TINY.head_dim, TINY.rope_theta, x.device)
     with torch.set_grad_enabled(grad):
         new = attn(x, layouts[shifted])
+        old = reference.self_attention(attn, x, plan, rope)
+    assert torch.allclose(new, old, atol=1e-5)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_full_window_skips_the_gathers_with_the_same_numbers(grad):
+    """A window covering the grid is full attention: token order, no gather, same result."""
+    grid = (3, 5, 6)
+    attn = _random_net(TINY).blocks[1].self_attn
+    x = torch.randn(2, math.prod(grid), TINY.dim, generator=torch.Generator().manual_seed(2))
+    plan = plan_windows(grid, FULL_WINDOW, shifted=True)
+    assert plan.num_windows == 1 and not plan.needs_mask
+    layouts = window_layouts(grid, FULL_WINDOW, TINY.head_dim, TINY.rope_theta, 2,
+                             torch.float32, x.device, False)  # fmt: skip
+    rope = rope_tables(grid, TINY.head_dim, TINY.rope_theta, x.device)
+    with torch.set_grad_enabled(grad):
+        new = attn(x, layouts[1])
         old = reference.self_attention(attn, x, plan, rope)
     assert torch.allclose(new, old, atol=1e-5)
 
