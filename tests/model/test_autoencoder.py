@@ -94,6 +94,46 @@ def test_stream_decode_chunks_equal_whole(kt: int) -> None:
     assert (moved[:, :, 12:] - whole[:, :, 12:]).abs().max() > 1e-4  # latent 6 sees latent 5
 
 
+def test_bf16_compute_streams_within_rounding_of_float32() -> None:
+    """bf16 convolutions, as the app runs the codec on CPUs with native bf16: frames and
+    latents stay float32, a stream still equals the whole clip, and the output stays within
+    bf16 rounding of the float32 codec (~50 dB measured; the shipped weights' check is in
+    tests/streamdit_live/test_models_dtype.py)."""
+    ae = _randomize(VideoAutoencoder(AE_CONFIGS["cpu"]))
+    x = _frames(1, 8, 32, 48)
+    with torch.no_grad():
+        z32 = ae.encode(x)
+        y32 = ae.decode(z32)
+    assert ae.set_compute_dtype(torch.bfloat16) is ae
+    assert (ae.dtype, ae.compute_dtype) == (torch.float32, torch.bfloat16)
+    enc, dec = ae.stream_encoder(), ae.stream_decoder()
+    z = torch.cat([enc.encode(x[:, :, :4]), enc.encode(x[:, :, 4:])], dim=2)
+    y = torch.cat([dec.decode(z[:, :, :1]), dec.decode(z[:, :, 1:])], dim=2)
+    assert z.dtype == y.dtype == torch.float32
+    with torch.no_grad():  # one bf16 step (2**-8 relative) of tolerance for kernel choices
+        assert (ae.encode(x) - z).abs().max() <= 2e-2
+        assert (ae.decode(z) - y).abs().max() <= 2e-2
+    assert (z - z32).abs().max() <= 0.05
+    assert (y - y32).abs().max() <= 0.1
+    mse = (y.clamp(-1, 1) - y32.clamp(-1, 1)).square().mean() / 4  # in units of the range
+    assert -10 * torch.log10(mse) >= 40
+
+
+def test_set_compute_dtype_takes_float_dtypes_only() -> None:
+    with pytest.raises(ValueError, match="float dtype, got torch.int8"):
+        VideoAutoencoder(TINY).set_compute_dtype(torch.int8)
+
+
+def test_channels_last_frames_encode_as_contiguous_ones() -> None:
+    """The app's frames are channels-last video (frames_to_tensor permutes (F, H, W, 3))."""
+    ae = _randomize(VideoAutoencoder(TINY))
+    x = _frames(2, 8, 16, 24)
+    with torch.no_grad():
+        z = ae.encode(x.contiguous(memory_format=torch.channels_last_3d))
+        assert (z - ae.encode(x)).abs().max() <= 1e-6
+        assert ae.decode(z).is_contiguous(memory_format=torch.channels_last_3d)  # (F, H, W, 3)
+
+
 def test_every_parameter_gets_a_gradient() -> None:
     ae = _randomize(VideoAutoencoder(TINY.replace(temporal_kernel=3))).train()
     x = _frames(1, 8, 16, 16)

@@ -49,7 +49,8 @@ def _dit(path, parts, ae=None, **meta):
 def test_a_bundle_loads_with_its_autoencoder_and_reports_trained(tmp_path, parts):
     dit, ae = parts
     path = _bundle(tmp_path / "b.safetensors", parts)
-    models = build_models("tiny", CPU, [path], size=Size(128, 128))
+    # float32 convolutions: the bundle's own tensors (on a bf16 CPU the app casts them).
+    models = build_models("tiny", CPU, [path], size=Size(128, 128), codec_dtype=torch.float32)
     assert models.trained and models.name == "tiny"
     for want, got in ((dit, models.dit), (ae, models.ae)):
         for name, tensor in want.state_dict().items():
