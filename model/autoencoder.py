@@ -101,6 +101,11 @@ class AutoencoderConfig(ConfigDict):
     def widths(self) -> tuple[int, ...]:
         return tuple(min(self.channels * 2**i, self.max_channels) for i in range(self.levels))
 
+    @property
+    def decode_trim(self) -> int:
+        """Video frames a fresh decode drops from its start (`model.codec`): none here."""
+        return 0
+
 
 AE_CONFIGS: dict[str, AutoencoderConfig] = {
     # Beside CONFIGS["tiny"] (the tests' model): ~40K parameters,
