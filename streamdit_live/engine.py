@@ -290,6 +290,17 @@ class Engine:
     def dropped_inputs(self) -> int:
         return 0 if self._gatherer is None else self._gatherer.dropped
 
+    @property
+    def stages(self) -> int | None:
+        """Noise stages a chunk passes through in the buffer; None before the first start."""
+        buffer = getattr(self, "_buffer", None)
+        return None if buffer is None else buffer.stages
+
+    @property
+    def chunk_frames(self) -> int:
+        """Video frames per chunk: gathered per input chunk, emitted per output chunk."""
+        return self._controls.chunk_size * self.models.ae.cfg.temporal_factor
+
     # --- the worker ------------------------------------------------------------------------
 
     def _run(self) -> None:

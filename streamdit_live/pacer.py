@@ -4,11 +4,16 @@ The engine emits a whole chunk of frames at once (c or 4c frames per model call)
 virtual camera wants one frame every 1/fps seconds. The pacer buffers the bursts and plays
 them out on a fixed tick:
 
-- priming: playback (re)starts only once `target_depth` frames are buffered;
+- priming: playback (re)starts only once the cushion (below) is buffered and, after an
+  underrun or a restart, the measured jitter has passed since the first burst was due;
+- cushion: the frames the pacer keeps against late bursts. It adapts to the measured
+  jitter of the arrivals (`jitter_hold`: a high percentile of how much later than
+  expected each burst came, between a floor and a ceiling) once enough bursts have been
+  seen, and is the fixed `target_depth` before that or with `adaptive=False`;
 - spreading: when the input is slower than the output, new frames are shown at the measured
   input rate and held (repeated) in between, so a burst does not flash by and then freeze;
 - underrun: an empty buffer repeats the last frame and primes again;
-- latency: if the buffer never drained below `target_depth` during a window of `window_s`
+- latency: if the buffer never drained below the cushion during a window of `window_s`
   seconds, the surplus is stale latency and the oldest frames are dropped; `max_depth` is
   a hard bound enforced on push (oldest dropped).
 
@@ -34,13 +39,22 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from streamdit_live.metrics import percentile
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 SPREAD_BELOW = 0.9  # spread frames out only when the input runs below 90 % of the output fps
+# Hold jitter only while the input keeps up with the frames played (within measurement
+# noise): an input a little slower than the output runs the buffer dry on every chunk
+# whatever is held, so a hold there would add latency and save no repeated frame.
+KEEPS_UP = 0.98
 CREDIT_SLACK = 1e-6  # float rounding must not turn a due frame into a repeat
 DUE_SLACK_S = 1e-6  # nor a tick due now into a wait
+# Pushes closer than this are one burst: rating the gap between them would measure an
+# input rate of millions of frames a second that takes a hundred pushes to decay.
+SAME_BURST_S = 1e-3
 # How long `PacedOutput.close` waits for its thread (the drain plus a write in progress);
 # an output stuck longer than this is reported by `close` returning False.
 CLOSE_TIMEOUT_S = 10.0
@@ -61,6 +75,12 @@ class PacerConfig:
     max_depth: int = 64
     window_s: float = 2.0
     rate_smoothing: float = 0.25  # weight of the newest interval in the input-rate average
+    adaptive: bool = True  # cushion from the measured jitter; False: always target_depth
+    jitter_quantile: float = 95.0  # the lateness (percentile of bursts) the cushion absorbs
+    min_hold_s: float = 0.01  # the floor: scheduling noise any desktop has
+    max_hold_s: float = 0.25  # the ceiling: beyond this, repeat a frame rather than lag
+    jitter_window: int = 48  # bursts measured: 8 s of 4-frame chunks at 24 fps
+    min_jitter_samples: int = 8  # fewer measured bursts: target_depth, no time hold
 
     def __post_init__(self) -> None:
         if not self.fps > 0:
@@ -75,6 +95,18 @@ class PacerConfig:
                 "PacerConfig: window_s must be positive and rate_smoothing in (0, 1], got "
                 f"window_s={self.window_s}, rate_smoothing={self.rate_smoothing}."
             )
+        if not 0 <= self.min_hold_s <= self.max_hold_s or not 0 <= self.jitter_quantile <= 100:
+            raise ValueError(
+                "PacerConfig: need 0 <= min_hold_s <= max_hold_s and jitter_quantile in "
+                f"[0, 100], got min_hold_s={self.min_hold_s}, max_hold_s={self.max_hold_s}, "
+                f"jitter_quantile={self.jitter_quantile}."
+            )
+        if not 1 <= self.min_jitter_samples <= self.jitter_window:
+            raise ValueError(
+                "PacerConfig: need 1 <= min_jitter_samples <= jitter_window, got "
+                f"min_jitter_samples={self.min_jitter_samples}, "
+                f"jitter_window={self.jitter_window}."
+            )
 
 
 @dataclass(frozen=True)
@@ -88,6 +120,8 @@ class PacerState(Generic[T]):
     input_rate: float | None = None  # measured frames/s arriving, averaged over pushes
     last_push: float | None = None
     unrated: int = 0  # frames pushed at the same instant as the previous push, not yet rated
+    gaps: tuple[tuple[float, int], ...] = ()  # newest bursts: (s since the last, frames)
+    primed_from: float | None = None  # first push since priming began (the time hold's start)
     window_start: float | None = None
     window_min_depth: int | None = None
     emitted: int = 0
@@ -120,6 +154,69 @@ def buffered_seconds(state: PacerState[Any]) -> float:
     return state.depth / content_rate(state)
 
 
+def lateness(gaps: Sequence[tuple[float, int]]) -> list[float]:
+    """Per burst, how much later than expected it came (seconds; early is negative).
+
+    `gaps` are (seconds since the previous burst, frames in this one). The expected gap is
+    the frames times the median seconds per frame over all of them: a median, so a stall or
+    the burst that follows it does not shift what counts as on time.
+    """
+    periods = [gap / frames for gap, frames in gaps if frames > 0]
+    period = percentile(periods, 50)
+    if period is None:
+        return []
+    return [gap - frames * period for gap, frames in gaps]
+
+
+def jitter_hold(
+    gaps: Sequence[tuple[float, int]], quantile: float, floor_s: float, ceiling_s: float
+) -> float:
+    """How long to hold frames back so that bursts arriving this late still play on time.
+
+    The `quantile`-th percentile of the bursts' `lateness`, clamped to [floor_s, ceiling_s]:
+    a steady input gets the floor, a jittery one what covers all but its rarest late
+    bursts, and one that stalls now and then a repeated frame rather than the stall's
+    length of delay on every frame after it.
+    """
+    late = percentile(lateness(gaps), quantile)
+    return min(ceiling_s, max(floor_s, 0.0 if late is None else late))
+
+
+def _measured(state: PacerState[Any]) -> bool:
+    cfg = state.config
+    return cfg.adaptive and len(state.gaps) >= cfg.min_jitter_samples
+
+
+def _keeps_up(state: PacerState[Any]) -> bool:
+    """Whether the input brings frames as fast as they are played: always when they are
+    spread out at the input's rate; at the output's rate, when the input's median rate
+    (steadier than the running average) is within KEEPS_UP of it."""
+    fps = state.config.fps
+    if content_rate(state) < fps:
+        return True
+    period = percentile([gap / n for gap, n in state.gaps if n > 0], 50)
+    return period is not None and period * KEEPS_UP * fps <= 1.0
+
+
+def hold_seconds(state: PacerState[Any]) -> float:
+    """The time hold after an underrun or restart: the measured jitter; 0 until measured,
+    and while the input is slower than the frames are played (see KEEPS_UP)."""
+    cfg = state.config
+    if not _measured(state) or not _keeps_up(state):
+        return 0.0
+    return jitter_hold(state.gaps, cfg.jitter_quantile, cfg.min_hold_s, cfg.max_hold_s)
+
+
+def cushion_frames(state: PacerState[Any]) -> int:
+    """Frames kept buffered against late bursts: the jitter hold at the rate frames are
+    played (at least one), or the fixed `target_depth` until the jitter is measured."""
+    cfg = state.config
+    if not _measured(state):
+        return cfg.target_depth
+    frames = math.ceil(hold_seconds(state) * content_rate(state) - CREDIT_SLACK)
+    return min(cfg.max_depth, max(1, frames))
+
+
 def next_wakeup(state: PacerState[Any]) -> float | None:
     """When `pull` next has something to do; None until frames have been pushed."""
     return state.next_due
@@ -131,13 +228,16 @@ def push(state: PacerState[T], frames: Sequence[T], now: float) -> PacerState[T]
     if n == 0:
         return state
     rate, last_push, unrated = state.input_rate, state.last_push, state.unrated
+    gaps, late = state.gaps, 0.0
     if last_push is None:
         last_push = now
-    elif now > last_push:
+    elif now > last_push + SAME_BURST_S:
+        gaps = (*gaps, (now - last_push, unrated + n))[-cfg.jitter_window :]
+        late = lateness(gaps)[-1]
         instant = (unrated + n) / (now - last_push)
         rate = instant if rate is None else rate + cfg.rate_smoothing * (instant - rate)
         last_push, unrated = now, 0
-    else:  # same instant (or a clock that went backwards): rate these frames with the next push
+    else:  # same burst (or a clock that went backwards): rate these frames with the next push
         unrated += n
     buffer = state.buffer + tuple(frames)
     overflow = max(0, len(buffer) - cfg.max_depth)
@@ -148,6 +248,14 @@ def push(state: PacerState[T], frames: Sequence[T], now: float) -> PacerState[T]
         input_rate=rate,
         last_push=last_push,
         unrated=unrated,
+        gaps=gaps,
+        # The time hold counts from when this burst was due, not from when it came: a late
+        # burst has already used up that much of the hold.
+        primed_from=(
+            now - max(0.0, late)
+            if state.priming and state.primed_from is None
+            else state.primed_from
+        ),
         dropped=state.dropped + overflow,
     )
 
@@ -163,18 +271,20 @@ def pull(state: PacerState[T], now: float) -> tuple[PacerState[T], T | None, Pac
         next_due = now + period
     buffer, credit, priming = list(state.buffer), state.credit, state.priming
     window_start, window_min = state.window_start, state.window_min_depth
-    dropped, underruns = 0, state.underruns
+    dropped, underruns, primed_from = 0, state.underruns, state.primed_from
+    cushion = cushion_frames(state)
 
     if priming:
-        if len(buffer) >= cfg.target_depth:
-            priming, credit = False, 1.0  # show the first frame right away
+        held = primed_from is None or now >= primed_from + hold_seconds(state) - DUE_SLACK_S
+        if len(buffer) >= cushion and held:
+            priming, credit, primed_from = False, 1.0, None  # show the first frame right away
             window_start, window_min = now, None
     else:
         credit = min(credit + content_rate(state) / cfg.fps, 2.0)
         if window_start is not None and now - window_start >= cfg.window_s:
             # The buffer never drained below window_min: that many frames beyond the target
             # are pure latency, so drop the oldest of them.
-            surplus = 0 if window_min is None else window_min - cfg.target_depth
+            surplus = 0 if window_min is None else window_min - cushion
             if 0 < surplus < len(buffer):
                 del buffer[:surplus]
                 dropped = surplus
@@ -203,6 +313,7 @@ def pull(state: PacerState[T], now: float) -> tuple[PacerState[T], T | None, Pac
         credit=credit,
         window_start=window_start,
         window_min_depth=window_min,
+        primed_from=primed_from,
         emitted=state.emitted + int(new_frame),
         repeated=state.repeated + int(event is PacerEvent.REPEATED),
         dropped=state.dropped + dropped,
@@ -228,6 +339,7 @@ def flush(state: PacerState[T], keep_last: bool = False) -> PacerState[T]:
         credit=0.0,
         last_push=None,
         unrated=0,
+        primed_from=None,
         window_start=None,
         window_min_depth=None,
         dropped=state.dropped + state.depth,
@@ -246,6 +358,7 @@ def drain(state: PacerState[T]) -> tuple[PacerState[T], tuple[T, ...]]:
         last=frames[-1],
         priming=True,
         credit=0.0,
+        primed_from=None,
         window_start=None,
         window_min_depth=None,
         emitted=state.emitted + len(frames),

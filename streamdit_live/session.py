@@ -46,7 +46,7 @@ from streamdit_live.metrics import (
 from streamdit_live.models import Models, build_models, cpu_threads, pick_device
 from streamdit_live.osc import OscConfig, OscServer
 from streamdit_live.output_tap import OutputTap as _OutputTap
-from streamdit_live.pacer import CLOSE_TIMEOUT_S, PacedOutput, PacerConfig
+from streamdit_live.pacer import CLOSE_TIMEOUT_S, PacedOutput, PacerConfig, hold_seconds
 from streamdit_live.presets import PresetLibrary
 from streamdit_live.sinks import (
     OutputFit,
@@ -515,7 +515,10 @@ class Session:
                 "target_fps": controls.fps,
                 "mode": controls.mode.value,
                 "chunk_size": controls.chunk_size,
+                "chunk_frames": self._engine.chunk_frames,
                 "steps": controls.steps,
+                "stages": self._engine.stages,
+                "pacer_hold_ms": round(hold_seconds(state) * 1000.0, 2),
                 "stages_ms": self.stage_times.snapshot(),
             },
         )

@@ -1,5 +1,6 @@
 """The pacer as pure functions over a fake clock, plus a short run of PacedOutput."""
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -10,8 +11,12 @@ from streamdit_live.pacer import (
     PacerConfig,
     PacerEvent,
     buffered_seconds,
+    cushion_frames,
     drain,
     flush,
+    hold_seconds,
+    jitter_hold,
+    lateness,
     new_pacer,
     next_wakeup,
     pull,
@@ -40,6 +45,10 @@ def test_config_is_checked():
         PacerConfig(fps=0)
     with pytest.raises(ValueError, match="target_depth"):
         PacerConfig(fps=30, target_depth=10, max_depth=4)
+    with pytest.raises(ValueError, match="min_hold_s"):
+        PacerConfig(fps=30, min_hold_s=0.5, max_hold_s=0.1)
+    with pytest.raises(ValueError, match="min_jitter_samples"):
+        PacerConfig(fps=30, min_jitter_samples=100, jitter_window=48)
 
 
 def test_nothing_happens_before_the_first_push_or_before_a_tick_is_due():
@@ -321,3 +330,149 @@ def test_close_says_so_while_a_write_is_still_in_progress():
     assert out.close(timeout=0.01) is False and out.alive  # still inside the write
     writer.release.set()
     assert out.close() is True and not out.alive
+
+
+CHUNK_GAP = 4 / 24  # a chunk of 4 frames at 24 fps
+
+
+def test_lateness_is_measured_against_the_median_frame_period():
+    gaps = [(CHUNK_GAP, 4)] * 8 + [(CHUNK_GAP + 0.05, 4), (CHUNK_GAP - 0.05, 4)]
+    late = lateness(gaps)
+    assert late[:8] == pytest.approx([0.0] * 8, abs=1e-9)
+    assert late[8:] == pytest.approx([0.05, -0.05])
+    # A stall, then the two chunks it held back in one burst: the median period stays the
+    # chunk's, so only the stall counts as late and the burst as early.
+    stalled = [(CHUNK_GAP, 4)] * 8 + [(3 * CHUNK_GAP, 4), (1e-3, 8)]
+    assert lateness(stalled)[8:] == pytest.approx([2 * CHUNK_GAP, 1e-3 - 2 * CHUNK_GAP])
+    assert lateness([]) == []
+
+
+def test_jitter_hold_covers_the_late_bursts_between_a_floor_and_a_ceiling():
+    steady = [(CHUNK_GAP, 4)] * 40
+    assert jitter_hold(steady, 95, 0.01, 0.25) == pytest.approx(0.01)  # the floor
+    # Every fifth chunk 60 ms late (and the next one early by as much): the 95th
+    # percentile covers them; the 50th does not.
+    jittery = [(CHUNK_GAP + (0.06 if i % 5 == 0 else 0.0), 4) for i in range(40)]
+    assert jitter_hold(jittery, 95, 0.01, 0.25) == pytest.approx(0.06)
+    assert jitter_hold(jittery, 50, 0.01, 0.25) == pytest.approx(0.01)
+    # One stall of a second in the window is beyond the 95th percentile of 40 bursts, and
+    # two a second late are clamped to the ceiling.
+    assert jitter_hold([*steady[:39], (1.0, 4)], 95, 0.01, 0.25) == pytest.approx(0.01)
+    stalls = [(1.0, 4) if i % 10 == 0 else (CHUNK_GAP, 4) for i in range(40)]
+    assert jitter_hold(stalls, 95, 0.01, 0.25) == pytest.approx(0.25)
+    assert jitter_hold([], 95, 0.01, 0.25) == pytest.approx(0.01)
+
+
+def chunks_at(times, size=4):
+    """A push of `size` frames at each of `times`; frames are their own push time."""
+    return [(t, [t] * size) for t in times]
+
+
+def play(config, pushes, until):
+    """Run pushes (time, frames) and one pull per tick until `until`; frames are their
+    arrival times, so a new frame's latency through the pacer is tick - frame."""
+    state, period = new_pacer(config), 1 / config.fps
+    pushes, ticks, out = sorted(pushes, key=lambda p: p[0]), 0, []
+    i = 0
+    while ticks * period < until:
+        now = ticks * period + 1e-9
+        while i < len(pushes) and pushes[i][0] <= now:
+            state = push(state, pushes[i][1], pushes[i][0])
+            i += 1
+        state, frame, event = pull(state, now)
+        out.append((now, frame, event))
+        ticks += 1
+    return state, out
+
+
+def test_the_cushion_follows_the_measured_jitter():
+    cfg = PacerConfig(fps=24.0, target_depth=2)
+    steady = [k * CHUNK_GAP for k in range(60)]
+    state, _ = play(cfg, chunks_at(steady), 10.0)
+    assert hold_seconds(state) == pytest.approx(cfg.min_hold_s)
+    assert cushion_frames(state) == 1  # one frame, not the fixed two
+    late = [t + (0.1 if k % 4 == 1 else 0.0) for k, t in enumerate(steady)]
+    state, _ = play(cfg, chunks_at(late), 10.0)
+    assert hold_seconds(state) == pytest.approx(0.1, abs=1e-6)
+    assert cushion_frames(state) == 3  # 100 ms at 24 fps
+    fixed = PacerConfig(fps=24.0, target_depth=2, adaptive=False)
+    state, _ = play(fixed, chunks_at(late), 10.0)
+    assert (hold_seconds(state), cushion_frames(state)) == (0.0, 2)
+    first = new_pacer(cfg)  # nothing measured yet: the fixed target
+    assert (hold_seconds(first), cushion_frames(first)) == (0.0, 2)
+
+
+def test_after_a_stall_and_its_burst_only_the_measured_jitter_stays_as_latency():
+    """The engine stalls for half a second, then its held-back chunks come at once. The
+    surplus is trimmed down to the cushion: one frame on a steady input where the fixed
+    pacer kept two. Every tick still shows a frame, new frames stay in order, and the
+    stall's ticks are counted as repeats."""
+    times = [k * CHUNK_GAP for k in range(120)]
+    times = [t if not 30 <= k < 33 else 33 * CHUNK_GAP for k, t in enumerate(times)]
+    results = {}
+    for adaptive in (False, True):
+        cfg = PacerConfig(fps=24.0, target_depth=2, adaptive=adaptive, window_s=1.0)
+        state, out = play(cfg, chunks_at(times), 20.0)
+        shown = [(now, f) for now, f, e in out if e in (PacerEvent.EMITTED, PacerEvent.DROPPED)]
+        assert [f for _, f in shown] == sorted(f for _, f in shown)
+        assert all(f is not None for _, f, _ in out[1:])
+        assert state.repeated == sum(e is PacerEvent.REPEATED for _, _, e in out)
+        tail = [now - f for now, f in shown if now > 15.0]  # long after the stall
+        results[adaptive] = max(tail)
+    tick = 1 / 24
+    assert results[True] <= results[False] - tick + 1e-6  # one frame of latency less
+    assert results[True] <= CHUNK_GAP + tick + 1e-6  # a chunk's spread plus one frame
+
+
+def first_new_frame(state, start):
+    """The time of the first tick at or after `start` that shows a new frame."""
+    now = start
+    while True:
+        state, _, event = pull(state, now)
+        if event is PacerEvent.EMITTED:
+            return now
+        now += 1 / 24
+
+
+def test_priming_holds_the_measured_jitter_counted_from_when_the_burst_was_due():
+    """With 60 ms of jitter measured, a restarted stream's first chunk is held 60 ms before
+    it plays, so a late chunk after it finds a cushion; a chunk that ended an underrun by
+    coming late has used the hold up and plays at the next tick."""
+    cfg = PacerConfig(fps=24.0, target_depth=2)
+    times = [k * CHUNK_GAP + (0.06 if k % 5 == 0 else 0.0) for k in range(40)]
+    state, _ = play(cfg, chunks_at(times), 40 * CHUNK_GAP)
+    assert hold_seconds(state) == pytest.approx(0.06, abs=1e-6)
+    start = 41 * CHUNK_GAP
+    restarted = push(flush(state, keep_last=True), ["a"] * 4, start)
+    assert start + 0.06 <= first_new_frame(restarted, start) < start + 0.06 + 1 / 24 + 1e-6
+    now = 40 * CHUNK_GAP
+    while now < start + 0.5:  # the input stalls: the buffer runs dry, the last frame repeats
+        state, _, _ = pull(state, now)
+        now += 1 / 24
+    assert state.priming and state.underruns == 1
+    underrun = push(state, ["b"] * 4, now)
+    assert first_new_frame(underrun, now) == now
+    fixed = dataclasses.replace(restarted, config=dataclasses.replace(cfg, adaptive=False))
+    assert first_new_frame(fixed, start) == start  # the fixed pacer does not hold
+
+
+def test_pushes_a_fraction_of_a_millisecond_apart_are_rated_as_one_burst():
+    """Two chunks pushed 0.1 ms apart used to be rated at 40,000 frames a second, a rate
+    that took a hundred pushes to decay."""
+    state = new_pacer(PacerConfig(fps=24.0))
+    for k in range(10):
+        state = push(state, [k] * 4, k * CHUNK_GAP)
+    state = push(state, ["x"] * 4, 10 * CHUNK_GAP - 1e-4)
+    state = push(state, ["y"] * 4, 10 * CHUNK_GAP)
+    assert state.input_rate == pytest.approx(24.0, rel=0.25)
+    assert len(state.gaps) == 10  # the two count as one burst of 8 frames
+
+
+def test_no_hold_while_the_input_is_a_little_slower_than_the_output():
+    """Chunks at 22.5 fps into a 24 fps output run the buffer dry on every chunk whatever
+    is held, so holding their jitter would only add latency: the pacer holds nothing."""
+    gap = 4 / 22.5
+    times = [k * gap + (0.05 if k % 4 == 1 else 0.0) for k in range(60)]
+    state, out = play(PacerConfig(fps=24.0), chunks_at(times), 60 * gap)
+    assert hold_seconds(state) == 0.0
+    assert state.underruns > 0  # the buffer does run dry
