@@ -108,8 +108,12 @@ class StreamBuffer:
         self.stages = n if self.mode is StreamMode.TEXT else max(1, math.ceil(self.strength * n))
         self.entry_step = (n - self.stages) * self.scheme.micro_steps
         self.generator = torch.Generator().manual_seed(self.seed)
-        self.x: Tensor | None = None  # (1, C, K + stages*c, H, W) float32, once started
+        # (1, C, K + stages*c, H, W) float32 once started; a chunk shorter after an emit.
+        self.x: Tensor | None = None
         self.micro = 0
+        # After an emit the buffer is one chunk short until the next step enters one: the
+        # emitting step needs no new input, so a chunk leaves as soon as it is clean.
+        self.pending_entry = False
         self.inputs: deque[Tensor] = deque(maxlen=self.stages + 1)  # oldest dropped first
         self.last_input: Tensor | None = None
         self.startup_calls = 0
@@ -163,6 +167,14 @@ class StreamBuffer:
         if clean is None:
             return eps
         return interpolate(eps, clean, self._time(torch.tensor(steps)).item(), self.sigma_min)
+
+    def inputs_needed(self) -> int:
+        """Input chunks the next `step()` takes that are not queued yet (video mode): the
+        buffer's `stages` to start, then one after each emitted chunk."""
+        if self.mode is not StreamMode.VIDEO:
+            return 0
+        want = self.stages if self.x is None else int(self.pending_entry)
+        return max(0, want - len(self.inputs))
 
     def _next_input(self) -> Tensor:
         if self.inputs:
@@ -223,6 +235,10 @@ class StreamBuffer:
         waits for input). The buffer stays float32 whatever the model's dtype (bf16 on GPUs)."""
         if self.x is None and not self._start():
             return None
+        if self.pending_entry:  # the chunk that follows the last one emitted
+            clean = self._next_input() if self.mode is StreamMode.VIDEO else None
+            self.x = torch.cat([self.x, self._enter(clean, self.entry_step)], dim=2)
+            self.pending_entry = False
         k, c = self.scheme.ref_frames, self.chunk_frames
         t, t_next = step_times(self.scheme, self.micro, self.stages, self.shift)
         dt = (t_next - t).float().to(self.device)[None, None, :, None, None]  # (1,1,F,1,1)
@@ -233,7 +249,6 @@ class StreamBuffer:
         self.micro = 0
         out = self.x[:, :, k : k + c].clone()  # the oldest chunk, now at t = 1
         refs = torch.cat([self.x[:, :, :k], out], dim=2)[:, :, c:] if k else self.x[:, :, :0]
-        clean = self._next_input() if self.mode is StreamMode.VIDEO else None
-        new = self._enter(clean, self.entry_step)
-        self.x = torch.cat([refs, self.x[:, :, k + c :], new], dim=2)
+        self.x = torch.cat([refs, self.x[:, :, k + c :]], dim=2)
+        self.pending_entry = True
         return out

@@ -69,19 +69,20 @@ def latency_budget(
 ) -> LatencyBudget:
     """Predict each term of the capture-to-output latency of video mode (pure).
 
-    The engine takes a chunk of `chunk_frames` frames, encodes it and queues it; the step
-    that frees a buffer slot takes it in, and after `stages` noise stages of `micro_steps`
-    model calls each it comes out clean, is decoded and goes to the pacer. One chunk enters
-    and one leaves per chunk period: the source's (chunk_frames / fps) or, when the engine
-    is slower, its own time for a chunk (encode + micro_steps steps + decode, one after
-    another). So a frame waits:
+    The engine takes a chunk of `chunk_frames` frames, encodes it, and the next step takes
+    it in (`StreamBuffer.inputs_needed`); after `stages` noise stages of `micro_steps` model
+    calls each it comes out clean, is decoded and goes to the pacer. One chunk enters and
+    one leaves per chunk period: the source's (chunk_frames / fps) or, when the engine is
+    slower, its own time for a chunk (encode + micro_steps steps + decode, one after
+    another). Its first stage starts as it arrives and each later one when the next chunk
+    arrives, so its last stage starts stages - 1 periods after its own. So a frame waits:
 
     - gather: chunk_frames / fps. The oldest frame of a chunk waits (chunk_frames - 1)
       frames for the rest and the pacer spreads the chunk out over as long again, so every
       frame carries that once; plus, on average, half a frame for the engine to take the
       chunk and half for the pacer's next output tick;
-    - buffer: stages chunk periods;
-    - compute: encode + one step + decode of the emitting step;
+    - buffer: stages - 1 chunk periods;
+    - compute: encode, the micro_steps model calls of the last stage, and decode;
     - pacer: the jitter it holds before playing.
     """
     source_ms = 1000.0 * chunk_frames / fps
@@ -90,8 +91,8 @@ def latency_budget(
     period = max(source_ms, engine_ms)
     return LatencyBudget(
         gather_ms=source_ms,
-        buffer_ms=stages * period,
-        compute_ms=encode_ms + step_ms + decode_ms,
+        buffer_ms=(stages - 1) * period,
+        compute_ms=engine_ms,
         pacer_ms=pacer_hold_ms,
         chunk_period_ms=period,
         bound=bound,
@@ -129,11 +130,12 @@ def format_budget(budget: LatencyBudget, result: dict) -> list[str]:
         "latency budget (predicted from the stage times above):",
         f"  {'gather':<8} {budget.gather_ms:>6.0f} ms  {result['chunk_frames']} frames per "
         f"chunk at {result['target_fps']:g} fps",
-        f"  {'buffer':<8} {budget.buffer_ms:>6.0f} ms  {result['stages']} stages x {calls} "
-        f"step{'s' if calls > 1 else ''}, a chunk every {budget.chunk_period_ms:.0f} ms "
-        f"({budget.bound.value}-bound)",
-        f"  {'compute':<8} {budget.compute_ms:>6.0f} ms  encode {encode:.0f} + step {step:.0f} "
-        f"+ decode {decode:.0f}, one after another",
+        f"  {'buffer':<8} {budget.buffer_ms:>6.0f} ms  {result['stages']} stages of {calls} "
+        f"step{'s' if calls > 1 else ''}, the last {result['stages'] - 1} chunks later; a chunk "
+        f"every {budget.chunk_period_ms:.0f} ms ({budget.bound.value}-bound)",
+        f"  {'compute':<8} {budget.compute_ms:>6.0f} ms  encode {encode:.0f} + "
+        f"{f'{calls} x ' if calls > 1 else ''}step {step:.0f} + decode {decode:.0f}, "
+        "one after another",
         f"  {'pacer':<8} {budget.pacer_ms:>6.0f} ms  jitter hold",
         f"  {'total':<8} {budget.total_ms:>6.0f} ms  measured {measured}",
     ]

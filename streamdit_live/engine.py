@@ -439,17 +439,15 @@ class Engine:
     def _feed(self) -> bool:
         """Video mode: push input chunks until the next step has what it needs.
 
-        The buffer starts once `stages` chunks are queued and takes one more each time it
-        emits, so exactly that many are pushed: none is dropped or repeated inside the
-        buffer, and the FIFO of capture times stays aligned with the chunks that come out.
+        The buffer starts once `stages` chunks are queued and takes one more in the step
+        after each emit (`StreamBuffer.inputs_needed`), so exactly that many are pushed: none
+        is dropped or repeated inside the buffer, the FIFO of capture times stays aligned with
+        the chunks that come out, and a chunk is emitted without waiting for the next input.
         """
         buffer = self._buffer
-        started = buffer.x is not None
-        emits_next = buffer.micro == buffer.scheme.micro_steps - 1
-        need = (1 if emits_next else 0) if started else buffer.stages + 1
         frames_per_chunk = buffer.chunk_frames * self.models.ae.cfg.temporal_factor
         timeout = 2.0 * frames_per_chunk / self._controls.fps + 0.5
-        while len(buffer.inputs) < need:
+        while buffer.inputs_needed() > 0:
             if self._has_news():
                 return False
             assert self._gatherer is not None

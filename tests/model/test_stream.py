@@ -122,6 +122,27 @@ def test_video_mode_strength_sets_stages_latency_and_waits_for_input():
     assert len(outs) == 6 and buf.model_calls == 12
 
 
+def test_a_clean_chunk_leaves_without_waiting_for_the_next_input():
+    scheme = PartitionScheme(0, 4, 1, 1)
+    buf = StreamBuffer(UnitVelocity(), scheme, SHAPE, _text(), mode=StreamMode.VIDEO, strength=0.5)
+    inputs = [torch.full((1, SHAPE[0], 1, *SHAPE[1:]), float(i)) for i in range(3)]
+    assert buf.inputs_needed() == 2  # the stages to start
+    buf.push(inputs[0])
+    assert buf.inputs_needed() == 1
+    buf.push(inputs[1])
+    assert buf.inputs_needed() == 0
+    # The staircase starts with its oldest chunk in its last stage: the first call emits it,
+    # with no third input queued.
+    out = buf.step()
+    assert out is not None and buf.model_calls == 1 and not buf.inputs
+    assert buf.inputs_needed() == 1  # the next step takes one in first
+    buf.push(inputs[2])
+    assert buf.inputs_needed() == 0
+    assert buf.step() is not None and not buf.inputs and buf.inputs_needed() == 1
+    text = StreamBuffer(UnitVelocity(), scheme, SHAPE, _text())
+    assert text.inputs_needed() == 0
+
+
 def test_video_mode_at_full_strength_low_noise_keeps_the_input():
     scheme = PartitionScheme(0, 4, 1, 1)
     net = _net()

@@ -26,10 +26,10 @@ def test_a_compute_bound_chunk_period_sets_the_buffer_wait():
     assert budget.bound is Bound.COMPUTE
     assert budget.gather_ms == pytest.approx(1000 * 4 / 24)
     assert budget.chunk_period_ms == pytest.approx(178.0)
-    assert budget.buffer_ms == pytest.approx(4 * 178.0)
+    assert budget.buffer_ms == pytest.approx(3 * 178.0)  # the last stage starts 3 chunks on
     assert budget.compute_ms == pytest.approx(178.0)
     assert budget.pacer_ms == 10.0
-    assert budget.total_ms == pytest.approx(166.667 + 712 + 178 + 10, abs=0.01)
+    assert budget.total_ms == pytest.approx(166.667 + 534 + 178 + 10, abs=0.01)
 
 
 def test_an_input_bound_chunk_period_is_the_sources_and_micro_steps_count_per_chunk():
@@ -38,10 +38,10 @@ def test_an_input_bound_chunk_period_is_the_sources_and_micro_steps_count_per_ch
     )
     assert fast.bound is Bound.INPUT
     assert fast.chunk_period_ms == pytest.approx(1000 * 8 / 24)  # the source's pace
-    assert fast.buffer_ms == pytest.approx(2 * 1000 * 8 / 24)
+    assert fast.buffer_ms == pytest.approx(1000 * 8 / 24)
     assert fast.compute_ms == pytest.approx(45.0)
     # Three model calls per stage: the engine needs 10 + 3 x 120 + 15 = 385 ms per chunk,
-    # but the chunk that comes out waits for only one call after its input was taken.
+    # and the last stage's three calls run one after another before the chunk comes out.
     slow = latency_budget(
         encode_ms=10.0,
         step_ms=120.0,
@@ -53,8 +53,8 @@ def test_an_input_bound_chunk_period_is_the_sources_and_micro_steps_count_per_ch
     )
     assert slow.bound is Bound.COMPUTE
     assert slow.chunk_period_ms == pytest.approx(385.0)
-    assert slow.buffer_ms == pytest.approx(770.0)
-    assert slow.compute_ms == pytest.approx(145.0)
+    assert slow.buffer_ms == pytest.approx(385.0)
+    assert slow.compute_ms == pytest.approx(385.0)
 
 
 def result_of(mode: str = "video", **changes) -> dict:
@@ -94,11 +94,12 @@ def test_the_report_shows_each_term_of_the_budget_beside_the_measured_latency():
     start = lines.index("latency budget (predicted from the stage times above):")
     gather, buffer, compute, pacer, total = lines[start + 1 : start + 6]
     assert gather.split()[:3] == ["gather", "167", "ms"] and "4 frames per chunk" in gather
-    assert buffer.split()[:3] == ["buffer", "712", "ms"]
-    assert "4 stages x 1 step" in buffer and "every 178 ms (compute-bound)" in buffer
+    assert buffer.split()[:3] == ["buffer", "534", "ms"]
+    assert "4 stages of 1 step, the last 3 chunks later" in buffer
+    assert "every 178 ms (compute-bound)" in buffer
     assert compute.split()[:3] == ["compute", "178", "ms"] and "decode 81" in compute
     assert pacer.split()[:3] == ["pacer", "12", "ms"]
-    assert total.split()[:3] == ["total", "1069", "ms"]
+    assert total.split()[:3] == ["total", "891", "ms"]
     assert "measured p50 1060 ms, p95 1185 ms" in total
 
 
