@@ -31,7 +31,7 @@ from streamdit_live.plans import (
     PlanKind,
     plan_from_args,
 )
-from streamdit_live.presets import PresetError, PresetLibrary, to_toml
+from streamdit_live.presets import PresetError, PresetLibrary, preset_weights, to_toml
 from streamdit_live.sinks import VIRTUALCAM_SIZE, OutputFit, parse_out_size
 
 PROG = "streamdit-live"
@@ -51,12 +51,14 @@ examples:
   {PROG} presets list
   {PROG} bench --source demo --preset realtime --seconds 20 --json bench.json
   {PROG} bench --model tiny --random-weights --seconds 5
+  {PROG} download wan2.1-t2v-1.3b && {PROG} download taew2_1
+  {PROG} run --preset wan-t2v --out window          (a CUDA GPU; docs/WEIGHTS.md)
 
 OSC: send /streamdit/prompt s, /streamdit/strength f, ... to 127.0.0.1:{DEFAULT_PORT}
 (docs/OSC.md lists every address). Presets live in presets/ and in your config folder.
 """
 
-_COMMANDS = ("run", "bench", "presets", "gui")
+_COMMANDS = ("run", "bench", "presets", "gui", "download")
 _GLOBAL_FLAGS = ("-v", "-vv", "--verbose", "-q", "--quiet")
 # Control flags: every control except pause (a live toggle, not a start option).
 _FLAG_CONTROLS = tuple(name for name in CONTROLS if name != "pause")
@@ -171,7 +173,9 @@ def _stream_options() -> argparse.ArgumentParser:
         default=[],
         metavar="PATH",
         help="a model bundle (.safetensors, see docs/BUNDLES.md) or a folder holding one, or a "
-        "trained DiT and its autoencoder (give --weights twice). Without it the cpu model "
+        "trained DiT and its autoencoder (give --weights twice), or a Wan2.1-architecture "
+        "model's -Diffusers download folder (with taew2_1.pth in it or given as a second "
+        "--weights; see `download` and docs/WEIGHTS.md). Without it the cpu model "
         "loads the trained weights shipped in model/weights/ (or $STREAMDIT_WEIGHTS); tiny, "
         "4b, or cpu without that file, run random weights and the output looks like noise.",
     )
@@ -291,6 +295,29 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--no-osc", action="store_true", help="do not listen for OSC")
     gui.add_argument("--screenshot", type=Path, metavar="PNG", help=argparse.SUPPRESS)
 
+    from streamdit_live.download import describe_catalog, models_dir
+
+    download = commands.add_parser(
+        "download",
+        help="fetch a public model the app runs on a GPU (needs internet)",
+        description="Fetch a named model from the Hugging Face Hub with progress; an "
+        "interrupted download resumes where it stopped. Only the files the app reads are "
+        "fetched. Then `--weights FOLDER` or the model's preset runs it (docs/WEIGHTS.md).",
+        epilog="names:\n" + describe_catalog() + "\n\nexample:\n"
+        f"  {PROG} download wan2.1-t2v-1.3b && {PROG} download taew2_1\n"
+        f"  {PROG} run --preset wan-t2v",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    download.add_argument("name", metavar="NAME", help="which model (the names are below)")
+    download.add_argument(
+        "--to",
+        type=Path,
+        metavar="DIR",
+        help="the folder to put the files in (default: <user data dir>/streamdit-live/"
+        "models/NAME, where presets look; "
+        f"here {models_dir()}/NAME)",
+    )
+
     presets = commands.add_parser("presets", help="list or show presets")
     which = presets.add_subparsers(dest="presets_command", metavar="ACTION", required=True)
     which.add_parser("list", help="every preset, shipped and yours")
@@ -350,6 +377,8 @@ def _presets(args: argparse.Namespace, library: PresetLibrary) -> int:
     if args.presets_command == "show":
         preset = library.get(args.name)
         print(f"# {preset.name} ({preset.origin}: {preset.path})")
+        if preset.describe_needs():
+            print(f"# needs {preset.describe_needs()}")
         print("# keys not in the file keep their defaults; all values shown:\n")
         print(to_toml(preset.apply(Controls()).to_dict(), preset.description), end="")
         return 0
@@ -408,6 +437,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = [*argv[:leading], "run", *rest]
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
+    if args.command == "download":  # its progress bars are the point: no quieting below
+        try:
+            from streamdit_live.download import run as run_download
+
+            return run_download(args.name, args.to, PROG)
+        except ValueError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except RuntimeError as exc:  # DownloadError: no internet, refused by the hub
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     if not args.verbose:
         # OpenCV's own camera-probing warnings and the text encoder's weight-loading bar
         # would bury our one-sentence messages.
@@ -420,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "presets":
             return _presets(args, library)
+        # run, bench, gui: a preset for a GPU or downloaded weights is checked here.
+        args.weights = list(preset_weights(args.preset, library, args))
         if args.command == "bench":
             from streamdit_live.bench import run_bench
 

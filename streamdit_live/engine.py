@@ -421,6 +421,7 @@ class Engine:
                 guidance=controls.guidance,
                 null_text=None if null is None else null.states,
                 null_mask=None if null is None else null.mask,
+                shift=self.models.flow_shift,  # imported models sample on their own shift
             )
         else:
             self._buffer.set_prompt(text, mask)
@@ -477,7 +478,8 @@ class Engine:
         controls = self._controls
         captures: list[float | None] = [None] * len(frames)
         if controls.mode is Mode.VIDEO and self._timeline:
-            captures = list(self._timeline.popleft())
+            # A codec that trims its first decoded frames (TAEHV) emits the chunk's last ones.
+            captures = list(self._timeline.popleft())[-len(frames) :]
         # The next chunk is due when this one has played out; a late step never catches up.
         now = time.monotonic()
         self._next_due = max(self._next_due + len(frames) / controls.fps, now - 0.25)

@@ -4,7 +4,9 @@ Loading (random weights or a `--weights` bundle), the device choice and the CPU 
 count: everything the engine needs before its first step, kept apart from the stepping.
 
 `--weights` takes a model bundle (model/bundle.py, docs/BUNDLES.md), a folder holding one,
-or a trained DiT and its autoencoder as two checkpoints whose recorded digest matches. Any
+a trained DiT and its autoencoder as two checkpoints whose recorded digest matches, or a
+Wan2.1-architecture model's own `-Diffusers` download with a TAEHV file
+(streamdit_live/wan_weights.py, docs/WEIGHTS.md). Any
 other mix is refused with one sentence before a tensor is read: a DiT alone, an autoencoder
 alone, parts whose digests differ, a text encoder other than the one the DiT was trained
 with (the training stub included), a `--model` asked for that the weights are not, a frame
@@ -38,6 +40,7 @@ from model import (
 )
 from model.bundle import (
     BUNDLE_KIND,
+    UMT5,
     Bundle,
     BundleError,
     BundleInfo,
@@ -50,8 +53,11 @@ from model.bundle import (
     text_encoder_id,
 )
 from model.checkpoint import CheckpointError, read_metadata
+from model.codec import VideoCodec
 from model.dit import fast_bf16_cpu, inference_dtype
+from streamdit_live import wan_weights
 from streamdit_live.controls import Size
+from streamdit_live.wan_weights import AvailableMemory, WanParts
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +67,7 @@ WEIGHTS_ENV = "STREAMDIT_WEIGHTS"  # a bundle or a folder to use instead of mode
 @dataclass
 class Models:
     dit: StreamDiT
-    ae: VideoAutoencoder
+    ae: VideoCodec  # ours (VideoAutoencoder) or TAEHV for Wan downloads
     text: TextEncoderProtocol
     device: torch.device
     trained: bool  # False: random weights, the output is noise-like
@@ -69,11 +75,17 @@ class Models:
     bundle: BundleInfo | None = None  # what the weights say about themselves; None: random
     path: Path | None = None  # the file the weights came from; None: random
     shipped: bool = False  # the weights that ship with the app (`shipped_weights`)
+    wan: WanParts | None = None  # a Wan download's parts (`path` is its folder); None: ours
+    # The time shift the model's own sampler uses (model.flow.shift_time): 1 for ours, 5 for
+    # Wan2.1 at 480p, 8 for SkyReels-V2; for the engine's StreamBuffer(shift=...).
+    flow_shift: float = 1.0
 
     def describe_weights(self) -> str:
         """Which weights run, in a few words: for the app's status and the logs."""
         if self.path is None:
             return f"random {self.name} weights"
+        if self.wan is not None:
+            return f"{self.name} model from {self.path.name} with {self.wan.taehv.name}"
         if self.shipped:
             return f"shipped {self.name} model ({self.path.name})"
         return f"{self.name} model from {self.path.name}"
@@ -85,6 +97,8 @@ class Models:
     @property
     def sizes(self) -> tuple[Size, ...]:
         """The frame sizes the weights may run at; empty for random weights (any size)."""
+        if self.wan is not None:
+            return tuple(Size(w, h) for w, h in self.wan.sizes)
         return tuple(Size(w, h) for w, h in self.bundle.sizes) if self.bundle else ()
 
     @property
@@ -253,6 +267,12 @@ def _check_text(info: BundleInfo, path: Path, text: TextEncoderProtocol | None) 
             f"{path} was trained with the text encoder {want.name} but this app encodes prompts "
             f"with {have.name}; use weights trained with {have.name}."
         )
+    if have.version != want.version and want.name == UMT5:
+        raise BundleError(
+            f"{path} was trained with umT5 {want.version} but the umT5 folder given is "
+            f"{have.version}, a different model; give the text_encoder/ and tokenizer/ of the "
+            "download the model was trained with."
+        )
     if have.version != want.version:
         installed = str(have) if have.version else f"no {have.name}"
         raise BundleError(
@@ -287,6 +307,8 @@ def build_models(
     size: Size | None = None,
     dtype: torch.dtype | None = None,
     codec_dtype: torch.dtype | None = None,
+    available_memory: AvailableMemory | None = None,
+    taehv_dirs: Sequence[Path] | None = None,
 ) -> Models:
     """The model bundle in `weights`; random weights for `weights=()`; for None (the
     default) the shipped bundle of `model` when one ships (`resolve_weights`), else random.
@@ -296,10 +318,26 @@ def build_models(
     run will use; None skips the check (then run at `Models.default_size`). `dtype` is the
     DiT's (None: `pick_dtype`), `codec_dtype` the autoencoder's convolutions' (None:
     `pick_codec_dtype`). Everything is checked from the files' headers before any
-    weights are allocated.
+    weights are allocated. A Wan download among `weights` loads with `_build_wan`;
+    `available_memory` (bytes free on a device; None: `wan_weights.available_memory`) is
+    what its memory check compares against; `taehv_dirs` where its TAEHV file may be besides
+    the folder (None: where `streamdit-live download taew2_1` puts it).
     """
     if weights is None:
         weights = resolve_weights(model)
+    if any(wan_weights.is_wan_folder(Path(p)) for p in weights):
+        return _build_wan(
+            [Path(p) for p in weights],
+            model,
+            device,
+            text,
+            explicit_model=explicit_model,
+            size=size,
+            dtype=dtype,
+            codec_dtype=codec_dtype,
+            available=available_memory or wan_weights.available_memory,
+            taehv_dirs=taehv_dirs,
+        )
     files = _weight_files(weights)
     if files:
         info, path, load = _plan(files)
@@ -326,4 +364,69 @@ def build_models(
     models = Models(dit.eval(), ae.eval(), text, device, trained, name, info, path, shipped)
     if trained:  # random weights: the engine says so, as a warning
         log.info("Running the %s.", models.describe_weights())
+    return models
+
+
+def _build_wan(
+    paths: Sequence[Path],
+    model: str,
+    device: torch.device,
+    text: TextEncoderProtocol | None,
+    *,
+    explicit_model: bool,
+    size: Size | None,
+    dtype: torch.dtype | None,
+    codec_dtype: torch.dtype | None,
+    available: AvailableMemory,
+    taehv_dirs: Sequence[Path] | None,
+) -> Models:
+    """A Wan download (streamdit_live/wan_weights.py): every part and the memory checked,
+    then the DiT converted in memory, umT5 from the folder and TAEHV."""
+    parts = wan_weights.find_parts(paths, taehv_dirs)
+    if explicit_model:
+        raise BundleError(
+            f"--model {model} was asked for but {parts.root} holds the {parts.name} model; "
+            "drop --model."
+        )
+    if text is not None:
+        have = text_encoder_id(text)
+        if have is None or have.name != UMT5:
+            raise BundleError(
+                f"{parts.root} is a Wan2.1-architecture model that reads umT5 prompt states, but "
+                f"the text encoder given is {have or 'unnamed'}; leave it out to use the folder's."
+            )
+    dit_dtype = dtype or inference_dtype(device)  # a 1.3B model is wide: bf16 where it helps
+    text_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # UMT5TextEncoder's
+    latent_hw = None if size is None else (size.height // 8, size.width // 8)
+    need = wan_weights.estimate_memory(parts, dit_dtype, text_dtype, latent_hw)
+    wan_weights.check_memory(parts, need, device, available)
+    log.info("Loading %s (about %s).", parts.root, need.describe())
+    from model.taehv import TAEHV
+    from model.text_umt5 import UMT5TextEncoder
+
+    ae = TAEHV.load(parts.taehv, device)
+    dit = wan_weights.load_dit(parts.transformer, device, dit_dtype)
+    if text is None:
+        text = UMT5TextEncoder(parts.root, max_length=dit.cfg.text_len, device=device)
+    if text.dim != dit.cfg.text_dim:
+        raise BundleError(
+            f"the umT5 text encoder gives {text.dim}-d states but {parts.root}'s transformer "
+            f"takes {dit.cfg.text_dim}-d; the folder mixes two models."
+        )
+    # TAEHV is a GPU codec that runs in half precision there; on a CPU as ours does.
+    ae = ae.set_compute_dtype(
+        codec_dtype or (torch.bfloat16 if device.type == "cuda" else pick_codec_dtype(device))
+    )
+    models = Models(
+        dit.eval(),
+        ae.eval(),
+        text,
+        device,
+        trained=True,
+        name=parts.name,
+        path=parts.root,
+        wan=parts,
+        flow_shift=parts.flow_shift,
+    )
+    log.info("Running the %s.", models.describe_weights())
     return models

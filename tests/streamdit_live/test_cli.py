@@ -352,3 +352,12 @@ def test_a_second_ctrl_c_interrupts_a_shutdown_that_hangs():
         signal.raise_signal(signal.SIGINT)
     assert stops == [1]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_presets_show_says_what_a_gpu_preset_needs(capsys):
+    assert main(["presets", "show", "wan-t2v"]) == 0
+    out = capsys.readouterr().out
+    assert "# needs a CUDA GPU and the wan2.1-t2v-1.3b weights (`streamdit-live download" in out
+    assert 'size = "832x480"' in out and "steps = 2" in out
+    assert main(["presets", "show", "realtime"]) == 0
+    assert "# needs" not in capsys.readouterr().out

@@ -257,8 +257,8 @@ def test_gatherer_pads_with_the_last_frame_when_the_source_stalls():
 
 
 def test_video_mode_with_bigger_chunks_and_micro_steps(models):
-    """chunk_size 2 and steps 2: inputs are pushed only before emitting steps, so the
-    capture times stay aligned with the chunks that come out (8 frames per chunk)."""
+    """chunk_size 2 and steps 2: an input is pushed only before the step after each emit,
+    so the capture times stay aligned with the chunks that come out (8 frames per chunk)."""
     out = Collector()
     controls = text_controls(mode="video", fps=120.0, chunk_size=2, steps=2, strength=1.0)
     source = open_source("demo", 64, 64, 120.0)

@@ -11,6 +11,7 @@ from streamdit_live.controls import Controls, Mode
 from streamdit_live.presets import (
     PresetError,
     PresetLibrary,
+    check_needs,
     load_preset,
     shipped_dir,
     to_toml,
@@ -130,6 +131,12 @@ def test_to_toml_round_trips(tmp_path):
     assert preset.apply(Controls()).to_dict() == values
 
 
+def _shipped(downloaded: bool):
+    """The shipped presets that run downloaded weights (`downloaded`), or the others."""
+    presets = PresetLibrary([("shipped", shipped_dir())]).all()
+    return [p for p in presets if bool(p.weights) is downloaded]
+
+
 def test_shipped_presets_fit_the_model_they_name():
     """Chunking and size are checked against the model, which the schema alone cannot do."""
     import torch
@@ -137,7 +144,7 @@ def test_shipped_presets_fit_the_model_they_name():
     from streamdit_live.engine import build_models, check_fits
 
     built = {}
-    for preset in PresetLibrary([("shipped", shipped_dir())]).all():
+    for preset in _shipped(downloaded=False):
         controls = preset.apply(Controls())
         if controls.model not in built:
             built[controls.model] = build_models(controls.model, torch.device("cpu"))
@@ -165,7 +172,7 @@ SCENE = re.compile(
 def test_shipped_presets_run_the_shipped_model_with_prompts_it_knows():
     assert Controls().model == "cpu" and Controls().mode is Mode.VIDEO
     assert Controls().prompt == "a blue neon glow"  # `make run` with no preset
-    for preset in PresetLibrary([("shipped", shipped_dir())]).all():
+    for preset in _shipped(downloaded=False):
         controls = preset.apply(Controls())
         assert controls.model == "cpu", preset.name
         assert not re.search(r"\d+(\.\d+)? ?(fps|ms|s of latency)", preset.description)
@@ -187,6 +194,96 @@ def test_shipped_presets_run_at_sizes_the_shipped_bundle_knows():
     if not path.is_file():
         pytest.skip(f"{path} is not in this checkout")
     sizes = {Size(w, h) for w, h in read_bundle_info(path).sizes}
-    for preset in PresetLibrary([("shipped", shipped_dir())]).all():
+    for preset in _shipped(downloaded=False):
         controls = preset.apply(Controls())
         assert controls.size in sizes, (preset.name, controls.size, sizes)
+
+
+# --- presets for downloaded Wan2.1-architecture models --------------------------------------
+
+
+def test_the_gpu_presets_run_downloaded_wan_models_at_their_trained_sizes():
+    """Every shipped preset for downloaded weights needs a GPU, names a download, runs at the
+    size the model was trained at with a chunking its 21-frame buffer divides, and says how
+    many steps it takes compared with the model's own sampler."""
+    from streamdit_live.download import CATALOG
+
+    wan = {p.name: p for p in _shipped(downloaded=True)}
+    assert {p.weights for p in wan.values()} == {"wan2.1-t2v-1.3b", "skyreels-v2-df-1.3b"}
+    trained = {"wan2.1-t2v-1.3b": "832x480", "skyreels-v2-df-1.3b": "960x544"}
+    for preset in wan.values():
+        controls = preset.apply(Controls())
+        assert preset.device == "cuda" and preset.weights in CATALOG
+        assert str(controls.size) == trained[preset.weights], preset.name
+        assert 21 % controls.chunk_size == 0 and controls.size.width % 16 == 0
+        calls = 21 // controls.chunk_size * controls.steps  # model calls each frame sees
+        assert f"{calls} model calls" in preset.description, preset.name
+        assert "not distilled" in preset.description.lower() and "real time" in preset.description
+        assert f"streamdit-live download {preset.weights}" in preset.description
+        assert not re.search(r"\d+(\.\d+)? ?(fps|ms|s of latency)", preset.description)
+    assert "noise level per frame" in wan["skyreels-df"].description
+
+
+def test_a_gpu_preset_on_a_cpu_is_one_sentence():
+    preset = load_preset(shipped_dir() / "wan-t2v.toml")
+    with pytest.raises(PresetError) as err:
+        check_needs(preset, "cpu", weights_given=False, random_weights=False, found=None)
+    msg = str(err.value)
+    assert msg.startswith("the preset wan-t2v needs a CUDA GPU and this run is on the cpu")
+    assert msg.endswith(".") and msg.count(". ") == 0
+
+
+def test_a_gpu_preset_without_its_download_points_at_the_download_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    preset = load_preset(shipped_dir() / "skyreels-df.toml")
+    with pytest.raises(PresetError) as err:
+        check_needs(preset, "cuda", weights_given=False, random_weights=False, found=None)
+    msg = str(err.value)
+    assert (
+        "streamdit-live download skyreels-v2-df-1.3b` and `streamdit-live download taew2_1`" in msg
+    )
+    assert str(tmp_path) in msg and msg.count(". ") == 0
+    folder = tmp_path / "sky"
+    assert check_needs(preset, "cuda:0", False, False, [folder]) == (folder,)
+    assert check_needs(preset, "cuda", True, False, None) == ()  # --weights given: those
+    with pytest.raises(PresetError, match="drop --random-weights"):
+        check_needs(preset, "cuda", False, True, None)
+
+
+def test_the_cli_refuses_a_gpu_preset_on_a_cpu_before_loading(capsys):
+    from streamdit_live.cli import main
+
+    code = main(["run", "--preset", "wan-t2v", "--device", "cpu", "--out", "file:x.mp4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs a CUDA GPU" in err and err.count("\n") == 1
+
+
+def test_needs_keys_are_checked(tmp_path):
+    with pytest.raises(PresetError, match="key 'weights' must be a `streamdit-live download` name"):
+        load_preset(write(tmp_path, "w", 'weights = "wan9"\n'))
+    with pytest.raises(PresetError, match="key 'device' can only be 'cuda', got 'tpu'"):
+        load_preset(write(tmp_path, "d", 'device = "tpu"\n'))
+    plain = load_preset(write(tmp_path, "p", "seed = 1\n"))
+    assert (plain.weights, plain.device, plain.describe_needs()) == ("", "", "")
+
+
+def test_a_downloaded_model_becomes_the_weights_of_its_preset(monkeypatch, tmp_path):
+    from argparse import Namespace
+
+    from streamdit_live.download import target_dir
+    from streamdit_live.presets import preset_weights
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    library = PresetLibrary([("shipped", shipped_dir())])
+    args = Namespace(device="cuda", weights=[], random_weights=False)
+    with pytest.raises(PresetError, match="whose weights are not in"):
+        preset_weights("wan-t2v", library, args)
+    folder = target_dir("wan2.1-t2v-1.3b")
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    assert preset_weights("wan-t2v", library, args) == (folder,)
+    mine = tmp_path / "mine"
+    assert preset_weights("wan-t2v", library, Namespace(**{**vars(args), "weights": [mine]})) == (
+        mine,
+    )
+    assert preset_weights("realtime", library, args) == ()  # a cpu preset needs nothing

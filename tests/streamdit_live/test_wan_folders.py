@@ -1,0 +1,384 @@
+"""--weights FOLDER for a Wan download: a tiny random diffusers Wan transformer, umT5 and TAEHV
+laid out as a -Diffusers folder load through build_models; a missing part or too little
+memory is one sentence, before anything is loaded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import string
+from pathlib import Path
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip(
+    "diffusers", reason="the Wan tests need diffusers (the [wan] extra)"
+)
+pytest.importorskip("transformers", reason="umT5 needs transformers (the [wan] extra)")
+
+from model.bundle import UMT5, TextEncoderId, minilm_id, save_bundle  # noqa: E402
+from model.config import Prediction, TimeInput  # noqa: E402
+from model.taehv import TAEHV, TAEHV_CONFIGS  # noqa: E402
+from model.text import TextEncoder  # noqa: E402
+from streamdit_live.cli import main  # noqa: E402
+from streamdit_live.controls import Size  # noqa: E402
+from streamdit_live.models import build_models  # noqa: E402
+from streamdit_live.wan_weights import WanFolderError, estimate_memory, find_parts  # noqa: E402
+
+CPU = torch.device("cpu")
+TEXT_DIM = 16
+TINY_WAN = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=8,
+    in_channels=16,  # TAEHV's latent channels
+    out_channels=16,
+    text_dim=TEXT_DIM,
+    freq_dim=32,
+    ffn_dim=32,
+    num_layers=2,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=64,
+)
+WORDS = ["a", "red", "fox", "in", "snow"]
+
+
+def _save_tokenizer(folder: Path) -> int:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(c, -3.0) for c in string.ascii_lowercase]
+    vocab += [("▁" + w, -1.0) for w in WORDS]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(folder)
+    return len(vocab)
+
+
+def _save_umt5(folder: Path, vocab_size: int) -> None:
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    cfg = UMT5Config(
+        vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+        relative_attention_num_buckets=8, relative_attention_max_distance=16,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    UMT5EncoderModel(cfg).eval().save_pretrained(folder)
+
+
+def _wan(cls=None) -> torch.nn.Module:
+    """The tiny random transformer (the same weights on every call: a fixed seed)."""
+    torch.manual_seed(0)
+    model = (cls or diffusers.WanTransformer3DModel)(**TINY_WAN)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model.eval()
+
+
+def _save_wan(folder: Path, cls=None) -> None:
+    _wan(cls).save_pretrained(folder)
+
+
+def _save_taehv(path: Path) -> None:
+    torch.manual_seed(0)
+    ae = TAEHV(TAEHV_CONFIGS["tiny"])
+    with torch.no_grad():
+        for p in ae.parameters():
+            p.normal_(0, 0.05)
+    torch.save(ae.state_dict(), path)
+
+
+@pytest.fixture(scope="module")
+def download(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Wan2.1 -Diffusers download as the hub lays it out, with taew2_1.pth put in it."""
+    root = tmp_path_factory.mktemp("Wan2.1-T2V-1.3B-Diffusers")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+    _save_wan(root / "transformer")
+    _save_umt5(root / "text_encoder", _save_tokenizer(root / "tokenizer"))
+    _save_taehv(root / "taew2_1.pth")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def no_user_downloads(monkeypatch, tmp_path):
+    """The user's own downloads (XDG data dir) stay out of the tests."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+
+
+def _copy(download: Path, tmp_path: Path, drop: tuple[str, ...] = ()) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(download, copy)
+    for rel in drop:
+        target = copy / rel
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return copy
+
+
+def _plenty(device: torch.device) -> int:
+    return 1 << 40
+
+
+def test_a_download_folder_builds_models_that_step(download: Path):
+    models = build_models("cpu", CPU, [download], available_memory=_plenty)
+    cfg = models.config
+    assert models.trained and models.wan is not None and models.path == download
+    assert models.name == "wan2.1-d16" and models.flow_shift == 5.0
+    assert (cfg.time_input, cfg.prediction) == (TimeInput.NOISE_AT_ONE, Prediction.NOISE_MINUS_DATA)
+    assert isinstance(models.ae, TAEHV) and models.ae.cfg.decode_trim == 3
+    assert models.text.identity.name == UMT5 and models.text.max_length == cfg.text_len == 512
+    assert models.default_size == Size(832, 480)
+    assert "Wan2.1-T2V-1.3B-Diffusers" in models.describe_weights()
+    # One model call through the built DiT with the built text encoder, per-frame times.
+    emb = models.text.encode("a red fox in snow")
+    assert emb.states.shape == (1, 512, TEXT_DIM)
+    dt = models.dit.patch_embedding.weight.dtype  # bf16 on a CPU with native bf16
+    x = torch.randn(1, 16, 3, 8, 8, dtype=dt)
+    with torch.no_grad():
+        v = models.dit(x, torch.tensor([[0.2, 0.5, 0.9]]), emb.states.to(dt), emb.mask)
+    assert v.shape == x.shape and torch.isfinite(v).all()
+    frames = models.ae.decode(v.float())
+    assert frames.shape == (1, 3, 4 * 3 - 3, 64, 64)
+
+
+def test_the_imported_dit_equals_diffusers_wan(download: Path):
+    """The in-memory conversion is the importer's: net(x, t, c) == -wan(x, 1000 (1 - t), c)."""
+    wan = _wan()
+    models = build_models("cpu", CPU, [download], available_memory=_plenty, dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    x, text, t = torch.randn(2, 16, 3, 8, 8, generator=g), torch.randn(2, 5, 16), torch.rand(2)
+    with torch.no_grad():
+        ours, theirs = models.dit(x, t, text), wan(x, 1000 * (1 - t), text).sample
+    assert (ours + theirs).abs().max() < 1e-4 and theirs.abs().max() > 0.5
+
+
+def test_the_taehv_file_can_be_given_as_a_second_path(download: Path, tmp_path: Path):
+    folder = _copy(download, tmp_path, drop=("taew2_1.pth",))
+    elsewhere = tmp_path / "taew2_1.pth"
+    shutil.copy(download / "taew2_1.pth", elsewhere)
+    assert find_parts([folder, elsewhere]).taehv == elsewhere
+    models = build_models("cpu", CPU, [folder, elsewhere], available_memory=_plenty)
+    assert models.wan is not None and models.wan.taehv == elsewhere
+
+
+def test_the_taehv_file_is_found_where_download_puts_it(download: Path, tmp_path: Path):
+    from streamdit_live.download import target_dir
+
+    folder = _copy(download, tmp_path, drop=("taew2_1.pth",))
+    target_dir("taew2_1").mkdir(parents=True)
+    shutil.copy(download / "taew2_1.pth", target_dir("taew2_1") / "taew2_1.pth")
+    assert find_parts([folder]).taehv == target_dir("taew2_1") / "taew2_1.pth"
+
+
+def _one_sentence(message: str) -> None:
+    assert message.endswith(".") and ". " not in message.replace("e.g. ", ""), message
+
+
+def test_a_missing_taehv_is_one_sentence_naming_it(download: Path, tmp_path: Path):
+    folder = _copy(download, tmp_path, drop=("taew2_1.pth",))
+    with pytest.raises(WanFolderError) as err:
+        build_models("cpu", CPU, [folder], available_memory=_plenty)
+    msg = str(err.value)
+    assert msg.startswith(f"{folder} has no TAEHV decoder: download taew2_1.pth")
+    assert "streamdit-live download taew2_1" in msg
+    _one_sentence(msg)
+
+
+@pytest.mark.parametrize(
+    ("drop", "named"),
+    [
+        (("text_encoder",), "the text_encoder/ folder"),
+        (("tokenizer",), "the tokenizer (tokenizer/tokenizer.json"),
+        (("transformer/config.json",), "transformer/config.json"),
+        (("transformer/diffusion_pytorch_model.safetensors",), "the weights transformer/"),
+        (("model_index.json", "taew2_1.pth"), "model_index.json and a TAEHV decoder"),
+    ],
+)
+def test_a_missing_part_is_one_sentence_before_anything_loads(
+    download: Path, tmp_path: Path, monkeypatch, drop, named
+):
+    folder = _copy(download, tmp_path, drop=drop)
+    if drop == ("model_index.json", "taew2_1.pth"):
+        assert (folder / "transformer").is_dir()  # still a Wan folder by its transformer/
+    monkeypatch.setattr(
+        "streamdit_live.wan_weights.load_dit", lambda *a, **k: pytest.fail("loaded a tensor")
+    )
+    with pytest.raises(WanFolderError) as err:
+        build_models("cpu", CPU, [folder], available_memory=_plenty)
+    msg = str(err.value)
+    assert msg.startswith(f"{folder} lacks ") and named in msg, msg
+    assert "streamdit-live download wan2.1-t2v-1.3b" in msg
+    _one_sentence(msg)
+
+
+def test_a_missing_shard_is_named(download: Path, tmp_path: Path):
+    folder = _copy(download, tmp_path)
+    shutil.rmtree(folder / "transformer")
+    _wan().save_pretrained(folder / "transformer", max_shard_size="20KB")
+    shards = sorted((folder / "transformer").glob("*-of-*.safetensors"))
+    assert len(shards) > 1
+    assert build_models("cpu", CPU, [folder], available_memory=_plenty).trained  # sharded loads
+    shards[-1].unlink()
+    with pytest.raises(WanFolderError, match=rf"lacks the shard transformer/{shards[-1].name}"):
+        build_models("cpu", CPU, [folder], available_memory=_plenty)
+
+
+def test_too_little_memory_is_refused_before_loading(download: Path, monkeypatch):
+    asked = []
+
+    def tight(device: torch.device) -> int:
+        asked.append(device)
+        return 1000
+
+    monkeypatch.setattr(
+        "streamdit_live.wan_weights.load_dit", lambda *a, **k: pytest.fail("loaded a tensor")
+    )
+    with pytest.raises(WanFolderError) as err:
+        build_models("cpu", CPU, [download], available_memory=tight)
+    msg = str(err.value)
+    assert asked == [CPU]
+    assert msg.startswith(f"{download} needs about ") and "of RAM on cpu" in msg
+    assert "but only 0.0 GB is free" in msg and "DiT " in msg and "umT5 " in msg
+    _one_sentence(msg)
+
+
+def test_the_estimate_counts_header_parameters_in_the_run_dtype(download: Path):
+    parts = find_parts([download])
+    n = sum(p.numel() for p in _wan().parameters())
+    f32 = estimate_memory(parts, torch.float32, torch.float32, (8, 8), latent_frames=3)
+    bf16 = estimate_memory(parts, torch.bfloat16, torch.bfloat16, (8, 8), latent_frames=3)
+    assert f32.dit == 4 * n and bf16.dit == 2 * n and f32.text == 2 * bf16.text > 0
+    assert f32.codec > 0 and f32.total > f32.dit + f32.text
+    big = estimate_memory(parts, torch.float32, torch.float32, (60, 104))
+    assert big.working > f32.working  # more tokens, more working memory
+
+
+def test_another_text_encoder_or_an_explicit_model_is_refused(download: Path):
+    from model.bundle import BundleError
+
+    with pytest.raises(BundleError, match="reads umT5 prompt states, but the text encoder given"):
+        build_models("cpu", CPU, [download], TextEncoder(), available_memory=_plenty)
+    with pytest.raises(BundleError, match=r"--model tiny was asked for but .* wan2\.1-d16 model"):
+        build_models("tiny", CPU, [download], explicit_model=True, available_memory=_plenty)
+
+
+def test_something_else_beside_the_folder_is_refused(download: Path, tmp_path: Path):
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    with pytest.raises(WanFolderError, match="the only other --weights it takes is its TAEHV"):
+        find_parts([download, other])
+
+
+def test_skyreels_folders_are_told_apart(download: Path, tmp_path: Path):
+    if not hasattr(diffusers, "SkyReelsV2Transformer3DModel"):
+        pytest.skip("this diffusers has no SkyReelsV2Transformer3DModel")
+    folder = _copy(download, tmp_path, drop=("transformer",))
+    _save_wan(folder / "transformer", diffusers.SkyReelsV2Transformer3DModel)
+    parts = find_parts([folder])
+    assert parts.family == "skyreels-v2" and parts.sizes[0] == (960, 544)
+    models = build_models("cpu", CPU, [folder], available_memory=_plenty)
+    assert models.flow_shift == 8.0 and models.default_size == Size(960, 544)
+    shutil.rmtree(folder / "tokenizer")
+    with pytest.raises(WanFolderError, match="streamdit-live download skyreels-v2-df-1.3b"):
+        find_parts([folder])
+
+
+def test_a_umt5_bundle_with_another_umt5_says_so(tmp_path: Path):
+    """The version mismatch for umT5 is about the folder, not a pip package."""
+    from model import AE_CONFIGS, CONFIGS, StreamDiT, VideoAutoencoder
+    from model.bundle import BundleError
+
+    class OtherUMT5:
+        identity = TextEncoderId(UMT5, "d16-l3-v39")
+        dim = 384
+
+    dit, ae = StreamDiT(CONFIGS["tiny"]), VideoAutoencoder(AE_CONFIGS["tiny"])
+    path = save_bundle(
+        tmp_path / "u.safetensors", dit, ae, text_encoder=TextEncoderId(UMT5, "d16-l2-v39"),
+        trained_sizes=[(64, 64)],
+    )  # fmt: skip
+    with pytest.raises(BundleError) as err:
+        build_models("tiny", CPU, [path], OtherUMT5())  # type: ignore[arg-type]
+    msg = str(err.value)
+    assert "umT5 d16-l2-v39 but the umT5 folder given is d16-l3-v39" in msg
+    assert "pip install" not in msg
+    _one_sentence(msg)
+    assert minilm_id().name != UMT5
+
+
+def test_the_cli_says_what_is_missing_and_exits_2(download: Path, tmp_path: Path, capsys):
+    folder = _copy(download, tmp_path, drop=("taew2_1.pth",))
+    code = main(["run", "--weights", str(folder), "--mode", "text", "--out", "file:o.mp4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no TAEHV decoder" in err and err.count("\n") == 1
+
+
+def test_the_engine_streams_text_to_video_from_a_download(download: Path):
+    """End to end in text mode on the CPU: umT5 states into the converted DiT in the moving
+    buffer, latents out through TAEHV (its first chunk 3 frames short, Wan's rule)."""
+    from streamdit_live.controls import Controls
+    from streamdit_live.engine import Engine
+
+    pushed: list[int] = []
+    frames = []
+    done = __import__("threading").Event()
+
+    class Out:
+        def push(self, chunk):
+            pushed.append(len(chunk))
+            frames.extend(chunk)
+            if len(pushed) >= 3:
+                done.set()
+
+        def flush(self, keep_last: bool = False) -> None:
+            pass
+
+    models = build_models("cpu", CPU, [download], available_memory=_plenty)
+    controls = Controls().replace(
+        {"mode": "text", "size": "64x64", "fps": 120.0, "prompt": "a fox"}
+    )
+    with Engine(controls, models, Out()):
+        assert done.wait(120), "no frames from the Wan download"
+    assert pushed[:3] == [1, 4, 4]
+    assert frames[0].frame.shape == (64, 64, 3)
+
+
+def test_the_engine_streams_video_to_video_from_a_download(download: Path):
+    """Video mode through TAEHV: its first decoded chunk is 3 frames short, and those frames
+    keep the capture times of the chunk's last frames, in order."""
+    from streamdit_live.controls import Controls
+    from streamdit_live.engine import Engine
+    from streamdit_live.sources import open_source
+
+    pushed: list[list] = []
+    done = __import__("threading").Event()
+
+    class Out:
+        def push(self, chunk):
+            pushed.append(list(chunk))
+            if len(pushed) >= 3:
+                done.set()
+
+        def flush(self, keep_last: bool = False) -> None:
+            pass
+
+    models = build_models("cpu", CPU, [download], available_memory=_plenty)
+    controls = Controls().replace(
+        {"mode": "video", "size": "64x64", "fps": 120.0, "prompt": "a fox", "strength": 0.5}
+    )
+    source = open_source("demo", 64, 64, 120.0)
+    with source, Engine(controls, models, Out(), source):
+        assert done.wait(120), "no frames from the Wan download"
+    assert [len(c) for c in pushed[:3]] == [1, 4, 4]
+    captures = [f.t_capture for c in pushed[:3] for f in c]
+    assert None not in captures and captures == sorted(captures)
