@@ -222,10 +222,7 @@ def run_stream(
     start, calls = time.perf_counter(), 0
     while emitted < warmup + chunks:
         if mode is StreamMode.VIDEO:  # the engine's feeding rule (Engine._feed)
-            started = buffer.x is not None
-            emits_next = buffer.micro == settings.steps - 1
-            need = (1 if emits_next else 0) if started else buffer.stages + 1
-            while len(buffer.inputs) < need:
+            while buffer.inputs_needed() > 0:
                 clip = reference[pushed * per_chunk : (pushed + 1) * per_chunk]
                 if len(clip) < per_chunk:
                     raise EvalError("the footage is too short for this many chunks.")
