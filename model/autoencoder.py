@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from model.codec import CodecStream
 from model.config import ConfigDict
 
 _TEMPORAL_FACTORS = (1, 2, 4)
@@ -499,35 +500,7 @@ class VideoAutoencoder(nn.Module):
         return load_checkpoint(path, cls, AutoencoderConfig, "autoencoder", device)
 
 
-class _Stream:
-    """Carries the causal caches of one stream between calls; no gradients."""
-
-    def __init__(self, ae: VideoAutoencoder) -> None:
-        self.ae = ae
-        self.state: _State = {}
-        self.calls = 0
-        self._shape: tuple[int, int, int] | None = None  # (B, H, W) the stream started with
-
-    def reset(self) -> None:
-        """Forget the past: the next call starts a new stream (any batch and size)."""
-        self.state.clear()
-        self.calls = 0
-        self._shape = None
-
-    def _step(self, x: torch.Tensor, what: str) -> None:
-        if isinstance(x, torch.Tensor) and x.ndim == 5:
-            shape = (x.shape[0], x.shape[3], x.shape[4])
-            if self._shape is not None and shape != self._shape:
-                raise ValueError(
-                    f"{what} of batch {shape[0]} and size {shape[1]}x{shape[2]} do not continue "
-                    f"this stream of batch {self._shape[0]} and size "
-                    f"{self._shape[1]}x{self._shape[2]}; call reset() to start a new one"
-                )
-            self._shape = shape
-        self.calls += 1
-
-
-class StreamEncoder(_Stream):
+class StreamEncoder(CodecStream):
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """The next (B,3,F,H,W) frames, F a multiple of tc -> their (B,C,F/tc,H/s,W/s)."""
@@ -536,7 +509,7 @@ class StreamEncoder(_Stream):
         return self.ae.encode(frames, self.state)
 
 
-class StreamDecoder(_Stream):
+class StreamDecoder(CodecStream):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """The next (B,C,F,h,w) latents -> their (B,3,F*tc,h*s,w*s) frames."""

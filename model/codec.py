@@ -126,3 +126,33 @@ def latent_size(shape: CodecShape, height: int, width: int) -> tuple[int, int]:
     if height < s or width < s or height % s or width % s:
         raise ValueError(f"video size {height}x{width} must be positive multiples of {s}")
     return height // s, width // s
+
+
+class CodecStream:
+    """What one stream of a codec carries between calls (its layers' caches in `state`),
+    and the check that each call continues it; no gradients. Stream encoders and decoders
+    of both codecs build on it."""
+
+    def __init__(self, ae) -> None:
+        self.ae = ae
+        self.state: dict = {}
+        self.calls = 0
+        self._shape: tuple[int, int, int] | None = None  # (B, H, W) the stream started with
+
+    def reset(self) -> None:
+        """Forget the past: the next call starts a new stream (any batch and size)."""
+        self.state.clear()
+        self.calls = 0
+        self._shape = None
+
+    def _step(self, x: torch.Tensor, what: str) -> None:
+        """Count a call on x (B, C, F, H, W), refusing one that does not continue the stream."""
+        shape = (x.shape[0], x.shape[3], x.shape[4])
+        if self._shape is not None and shape != self._shape:
+            raise ValueError(
+                f"{what} of batch {shape[0]} and size {shape[1]}x{shape[2]} do not continue "
+                f"this stream of batch {self._shape[0]} and size "
+                f"{self._shape[1]}x{self._shape[2]}; call reset() to start a new one"
+            )
+        self._shape = shape
+        self.calls += 1

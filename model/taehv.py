@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from model.codec import CodecStream
 from model.config import ConfigDict
 
 _TIME_FACTOR = 4  # encoder pools time 2, 2, 1; decoder grows it 1, 2, 2
@@ -355,34 +356,7 @@ class TAEHV(nn.Module):
         return TAEHVStreamDecoder(self)
 
 
-class _Stream:
-    """The state one stream carries between calls; no gradients."""
-
-    def __init__(self, ae: TAEHV) -> None:
-        self.ae = ae
-        self.state: _State = {}
-        self.calls = 0
-        self._shape: tuple[int, int, int] | None = None  # (B, H, W) the stream started with
-
-    def reset(self) -> None:
-        """Forget the past: the next call starts a new stream (any batch and size)."""
-        self.state.clear()
-        self.calls = 0
-        self._shape = None
-
-    def _step(self, x: torch.Tensor, what: str) -> None:
-        shape = (x.shape[0], x.shape[3], x.shape[4])
-        if self._shape is not None and shape != self._shape:
-            raise ValueError(
-                f"{what} of batch {shape[0]} and size {shape[1]}x{shape[2]} do not continue "
-                f"this stream of batch {self._shape[0]} and size "
-                f"{self._shape[1]}x{self._shape[2]}; call reset() to start a new one"
-            )
-        self._shape = shape
-        self.calls += 1
-
-
-class TAEHVStreamEncoder(_Stream):
+class TAEHVStreamEncoder(CodecStream):
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """The next (B,3,F,H,W) frames, any F -> the latent frames they complete (F / 4
@@ -392,7 +366,7 @@ class TAEHVStreamEncoder(_Stream):
         return self.ae._encode(frames, self.state)
 
 
-class TAEHVStreamDecoder(_Stream):
+class TAEHVStreamDecoder(CodecStream):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """The next (B,C,f,h,w) latents -> their (B,3,4f,h*s,w*s) frames, less the 3
