@@ -32,12 +32,14 @@ class ConfigError(ValueError):
 
 class AutoencoderSource(Enum):
     CHECKPOINT = "checkpoint"  # a trained VideoAutoencoder (train_autoencoder.py output)
+    TAEHV = "taehv"  # a TAEHV weight file (taew2_1): Wan2.1's latent space, for imported models
     RANDOM = "random"  # untrained, seeded, calibrated on the data: tests and smoke runs only
 
 
 class TextSource(Enum):
     MINILM = "minilm"  # model.text.TextEncoder, the encoder the app uses
     HASH = "hash"  # training.textstub: no download, tests and smoke runs only
+    UMT5 = "umt5"  # model.text_umt5 from the local folder text.path: Wan2.1's encoder
 
 
 class Precision(Enum):
@@ -52,10 +54,17 @@ class Strategy(Enum):
     FSDP = "fsdp"  # fully_shard (FSDP2): parameters, grads and optimizer state sharded
 
 
+DEFAULT_PRESET = "tiny"
+
+
 @dataclass
 class ModelSection:
-    preset: str = "tiny"  # a key of model.config.CONFIGS
-    # 0 = the preset's. The text encoder decides these: MiniLM gives 384-d states.
+    # A key of model.config.CONFIGS; "" = "tiny", or model.init's own config when it is set.
+    preset: str = ""
+    # A StreamDiT checkpoint to start from (e.g. `python -m model.import_wan` output): the run
+    # takes its weights and its config, and refuses a model.* setting that contradicts it.
+    init: str = ""
+    # 0 = the preset's (or model.init's). The text encoder decides these: MiniLM gives 384-d.
     text_dim: int = 0
     text_len: int = 0
 
@@ -64,12 +73,15 @@ class ModelSection:
 class AutoencoderSection:
     source: AutoencoderSource = AutoencoderSource.RANDOM
     preset: str = "tiny"  # a key of model.autoencoder.AE_CONFIGS, used when source = random
-    checkpoint: str = ""  # used when source = checkpoint
+    checkpoint: str = ""  # used when source = checkpoint, or the TAEHV file when source = taehv
 
 
 @dataclass
 class TextSection:
     encoder: TextSource = TextSource.MINILM
+    # umt5: a local folder, a model's -Diffusers download (text_encoder/ and tokenizer/) or one
+    # folder with the umT5 model and its tokenizer; prompts are padded to the DiT's text_len.
+    path: str = ""
 
 
 @dataclass
@@ -279,6 +291,8 @@ def load_config(
 
 
 def _validate(cfg: TrainConfig) -> None:
+    if not cfg.model.init and not cfg.model.preset:
+        cfg.model.preset = DEFAULT_PRESET
     if not cfg.stages:
         raise ConfigError("stages must list at least one [[stages]] table")
     for i, stage in enumerate(cfg.stages):
@@ -311,6 +325,21 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             "autoencoder.source = 'checkpoint' needs autoencoder.checkpoint; train one with "
             "`python -m training.train_autoencoder` or set autoencoder.source = 'random'"
+        )
+    if cfg.autoencoder.source is AutoencoderSource.TAEHV and not cfg.autoencoder.checkpoint:
+        raise ConfigError(
+            "autoencoder.source = 'taehv' needs autoencoder.checkpoint, a TAEHV weight file "
+            "(taew2_1.pth from `streamdit-live download taew2_1`)"
+        )
+    if cfg.text.encoder is TextSource.UMT5 and not cfg.text.path:
+        raise ConfigError(
+            "text.encoder = 'umt5' needs text.path, a local folder with the umT5 model and its "
+            "tokenizer (a Wan2.1 -Diffusers download)"
+        )
+    if cfg.text.path and cfg.text.encoder is not TextSource.UMT5:
+        raise ConfigError(
+            f"text.path is read only with text.encoder = 'umt5', not {cfg.text.encoder.value!r}; "
+            "drop text.path or set text.encoder = 'umt5'"
         )
 
 

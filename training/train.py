@@ -16,6 +16,8 @@ Letters: B batch, C channels, F frames, H W height/width.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 import sys
@@ -30,12 +32,27 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from model.autoencoder import AE_CONFIGS, VideoAutoencoder
-from model.bundle import TEXT_STUB, TextEncoderId, minilm_id, training_record
-from model.checkpoint import save_checkpoint
+from model.bundle import (
+    TEXT_STUB,
+    TextEncoderId,
+    minilm_id,
+    model_name,
+    text_encoder_id,
+    training_record,
+)
+from model.checkpoint import (
+    CheckpointError,
+    load_module,
+    parse_config,
+    read_metadata,
+    save_checkpoint,
+)
+from model.codec import VideoCodec
 from model.config import CONFIGS, StreamDiTConfig
 from model.dit import StreamDiT
 from training import distributed
 from training.config import (
+    DEFAULT_PRESET,
     AutoencoderSource,
     ConfigError,
     Stage,
@@ -66,19 +83,134 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return warmup_lr(stage.lr, local, cfg.optim.warmup)
 
 
+# umT5 rows are (text_len, 4096) float32 on the device, 8 MiB each at Wan's 512 tokens.
+UMT5_CACHE = 64
+# The names of the public Wan2.1 widths, for the record of a model started from an import.
+_WAN_SIZES = {1536: "1.3b", 5120: "14b"}
+
+
+@functools.lru_cache(maxsize=4)
+def _read_init(path: str, _stamp: int) -> tuple[StreamDiTConfig, dict[str, str]]:
+    meta = read_metadata(path)
+    if meta.get("kind") != "streamdit":
+        raise CheckpointError(
+            f"{path} holds a {meta.get('kind')!r} checkpoint, not a StreamDiT one; pick the "
+            "right file."
+        )
+    return parse_config(path, meta, "config", StreamDiTConfig), meta
+
+
+def init_checkpoint(cfg: TrainConfig) -> tuple[StreamDiTConfig, dict[str, str]]:
+    """The config and metadata of model.init (read once per file version)."""
+    path = Path(cfg.model.init)
+    if not path.is_file():
+        raise ConfigError(
+            f"model.init {path} does not exist; convert a Wan2.1-architecture model with "
+            f"`python -m model.import_wan SRC {path}` or point model.init at a StreamDiT checkpoint"
+        )
+    try:
+        return _read_init(str(path.resolve()), path.stat().st_mtime_ns)
+    except CheckpointError as e:
+        raise ConfigError(f"model.init: {str(e).rstrip('.')}") from e
+
+
+def model_label(cfg: TrainConfig) -> str:
+    """The model in messages: its preset, or the file it starts from."""
+    return cfg.model.preset or Path(cfg.model.init).name or DEFAULT_PRESET
+
+
 def model_config(cfg: TrainConfig) -> StreamDiTConfig:
-    if cfg.model.preset not in CONFIGS:
-        raise ConfigError(f"model.preset {cfg.model.preset!r} is not one of {sorted(CONFIGS)}")
-    base = CONFIGS[cfg.model.preset]
+    if cfg.model.init:
+        net_cfg, _ = init_checkpoint(cfg)
+        _check_against_init(cfg, net_cfg)
+        return net_cfg
+    preset = cfg.model.preset or DEFAULT_PRESET
+    if preset not in CONFIGS:
+        raise ConfigError(f"model.preset {preset!r} is not one of {sorted(CONFIGS)}")
+    base = CONFIGS[preset]
     return base.replace(
         text_dim=cfg.model.text_dim or base.text_dim, text_len=cfg.model.text_len or base.text_len
     )
 
 
-def build_autoencoder(cfg: TrainConfig, device: torch.device) -> VideoAutoencoder:
+def _check_against_init(cfg: TrainConfig, net_cfg: StreamDiTConfig) -> None:
+    """model.init fixes the model: a model.* setting may only repeat what it says."""
+    m = cfg.model
+    if m.preset and CONFIGS.get(m.preset) != net_cfg:
+        raise ConfigError(
+            f"model.preset {m.preset!r} contradicts model.init {m.init} (width {net_cfg.dim}, "
+            f"depth {net_cfg.depth}), which gives the model's config; leave model.preset unset"
+        )
+    for key in ("text_dim", "text_len"):
+        given, have = getattr(m, key), getattr(net_cfg, key)
+        if given and given != have:
+            raise ConfigError(
+                f"model.{key} = {given} contradicts model.init {m.init}, whose {key} is {have}; "
+                f"leave model.{key} at 0"
+            )
+
+
+def init_model_name(cfg: TrainConfig, net_cfg: StreamDiTConfig) -> str:
+    """What the record calls the model: the preset, model.init's own name, or for an
+    imported Wan its family and size (e.g. "wan2.1-1.3b"), else "custom"."""
+    if not cfg.model.init:
+        return cfg.model.preset or DEFAULT_PRESET
+    _, meta = init_checkpoint(cfg)
+    if meta.get("model"):
+        return meta["model"]
+    try:
+        origin = json.loads(meta.get("origin") or "{}")
+    except ValueError:
+        origin = {}
+    if isinstance(origin, dict) and origin.get("architecture"):
+        source = str(origin.get("source_class", ""))
+        family = "skyreels-v2" if source.startswith("SkyReels") else origin["architecture"]
+        return f"{family}-{_WAN_SIZES.get(net_cfg.dim, f'd{net_cfg.dim}')}"
+    return model_name(net_cfg)
+
+
+def load_init(
+    cfg: TrainConfig, net_cfg: StreamDiTConfig, record: dict[str, str], device: torch.device
+) -> StreamDiT:
+    """The network with model.init's weights (float32, train mode), after checking that a
+    model.init trained by us learned this run's latent space and text encoder."""
+    _, meta = init_checkpoint(cfg)
+    for key in ("autoencoder_digest", "text_encoder"):
+        if meta.get(key) and meta[key] != record[key]:
+            raise ConfigError(
+                f"model.init {cfg.model.init} was trained with {key} {meta[key][:16]} but this "
+                f"run has {record[key][:16]}; use that run's [autoencoder] and [text] settings"
+            )
+    try:
+        net = load_module(cfg.model.init, StreamDiT, net_cfg, device)
+    except CheckpointError as e:
+        raise ConfigError(f"model.init: {str(e).rstrip('.')}") from e
+    return net.float().train()
+
+
+def _load_taehv(path: str, device: torch.device) -> VideoCodec:
+    if not Path(path).is_file():
+        raise ConfigError(
+            f"autoencoder.checkpoint {path} does not exist; download the TAEHV file with "
+            "`streamdit-live download taew2_1 --to DIR` and point autoencoder.checkpoint at "
+            "DIR/taew2_1.pth"
+        )
+    from model.taehv import TAEHV
+
+    try:
+        return TAEHV.load(path, device)  # float32: its latents as TAEHV gives them
+    except Exception as e:  # a damaged file: safetensors, pickle or shape errors
+        raise ConfigError(
+            f"autoencoder.checkpoint {path} is not a TAEHV weight file ({str(e).rstrip('.')})"
+        ) from e
+
+
+def build_autoencoder(cfg: TrainConfig, device: torch.device) -> VideoCodec:
     """The frozen encoder. A random one (seeded, same on every rank) is for smoke runs."""
     section = cfg.autoencoder
-    if section.source is AutoencoderSource.CHECKPOINT:
+    if section.source is AutoencoderSource.TAEHV:
+        ae = _load_taehv(section.checkpoint, device)
+    elif section.source is AutoencoderSource.CHECKPOINT:
         if not Path(section.checkpoint).is_file():
             raise ConfigError(
                 f"autoencoder checkpoint {section.checkpoint} does not exist; train one with "
@@ -96,8 +228,8 @@ def build_autoencoder(cfg: TrainConfig, device: torch.device) -> VideoAutoencode
     if ae.cfg.latent_channels != model_config(cfg).latent_channels:
         raise ConfigError(
             f"the autoencoder makes {ae.cfg.latent_channels}-channel latents but model "
-            f"{cfg.model.preset!r} expects {model_config(cfg).latent_channels}; "
-            "pair matching presets"
+            f"{model_label(cfg)!r} expects {model_config(cfg).latent_channels}; "
+            "pair a matching autoencoder"
         )
     return ae.eval().requires_grad_(False)
 
@@ -108,13 +240,34 @@ def build_text_encoder(cfg: TrainConfig, device: torch.device):
         from training.textstub import HashTextEncoder
 
         return HashTextEncoder(net_cfg.text_dim, net_cfg.text_len)
+    if cfg.text.encoder is TextSource.UMT5:
+        return _umt5(cfg, net_cfg, device)
     from model.text import TextEncoder
 
     encoder = TextEncoder(max_length=net_cfg.text_len, device=device, cache_size=4096)
     if encoder.dim != net_cfg.text_dim:
         raise ConfigError(
-            f"model {cfg.model.preset!r} expects {net_cfg.text_dim}-d text but MiniLM gives "
+            f"model {model_label(cfg)!r} expects {net_cfg.text_dim}-d text but MiniLM gives "
             f"{encoder.dim}; use a model preset with text_dim = {encoder.dim}"
+        )
+    return encoder
+
+
+def _umt5(cfg: TrainConfig, net_cfg: StreamDiTConfig, device: torch.device):
+    """umT5 from text.path, padded to the DiT's text_len with every position attended (as
+    Wan and the app run it); bfloat16 on CUDA, frozen."""
+    from model.text_umt5 import UMT5TextEncoder
+
+    try:
+        encoder = UMT5TextEncoder(
+            cfg.text.path, max_length=net_cfg.text_len, device=device, cache_size=UMT5_CACHE
+        )
+    except (OSError, ValueError, ImportError) as e:
+        raise ConfigError(f"text.path: {str(e).rstrip('.')}") from e
+    if encoder.dim != net_cfg.text_dim:
+        raise ConfigError(
+            f"model {model_label(cfg)!r} takes {net_cfg.text_dim}-d text but the umT5 in "
+            f"{cfg.text.path} gives {encoder.dim}-d; give the text encoder of the model's download"
         )
     return encoder
 
@@ -124,7 +277,7 @@ def autoencoder_tag(cfg: TrainConfig) -> str:
     return cfg.autoencoder.checkpoint or f"random:{cfg.autoencoder.preset}"
 
 
-def calibrate_random(cfg: TrainConfig, ae: VideoAutoencoder, geo: Geometry, device) -> None:
+def calibrate_random(cfg: TrainConfig, ae: VideoCodec, geo: Geometry, device) -> None:
     """An untrained encoder's latents have arbitrary scale: normalize them on a fixed batch
     (items 0..7 of the first stage's data, identical on every rank and in `cache_latents`)."""
     if cfg.autoencoder.source is AutoencoderSource.RANDOM:
@@ -151,7 +304,7 @@ def check_latent_cache(cfg: TrainConfig, cache: LatentCache) -> None:
     if shape != (net_cfg.latent_channels, net_cfg.latent_frames):
         raise ConfigError(
             f"data.latent_cache {cfg.data.latent_cache} holds (channels, frames) {shape} but "
-            f"model {cfg.model.preset!r} needs {(net_cfg.latent_channels, net_cfg.latent_frames)}"
+            f"model {model_label(cfg)!r} needs {(net_cfg.latent_channels, net_cfg.latent_frames)}"
         )
 
 
@@ -163,7 +316,13 @@ class Geometry:
     tokens_per_sample: int
 
 
-def geometry(cfg: TrainConfig, ae: VideoAutoencoder) -> Geometry:
+def geometry(cfg: TrainConfig, ae: VideoCodec) -> Geometry:
+    """Clip sizes. The frame rule: a clip has latent_frames x temporal_factor frames and
+    encodes to latent_frames latents, each from its own group of frames. For TAEHV (4x in
+    time) that is 4 F frames, never padded: the latents the app's stream encoder makes from
+    4-frame chunks. (Wan's 4k + 1 clips would pad the last latent's group with copies of
+    the last frame.) Footage is square: `data.size`, by default the model's latent height
+    times the spatial factor (480 for an imported Wan)."""
     net_cfg = model_config(cfg)
     size = cfg.data.size or net_cfg.latent_size[0] * ae.cfg.spatial_factor
     clip = cfg.data.crop or size
@@ -219,7 +378,7 @@ def stage_batches(
 
 
 @torch.no_grad()
-def to_latents(cfg: TrainConfig, ae: VideoAutoencoder, clips: Tensor | None, device):
+def to_latents(cfg: TrainConfig, ae: VideoCodec, clips: Tensor | None, device):
     """Clips (or cached latents) of a batch from `stage_batches` as latents (B, C, F, H, W)
     on `device`; None stays None."""
     if clips is None:
@@ -228,17 +387,38 @@ def to_latents(cfg: TrainConfig, ae: VideoAutoencoder, clips: Tensor | None, dev
     return clips if cfg.data.latent_cache else ae.encode(clips)
 
 
-def pairing_record(cfg: TrainConfig, ae: VideoAutoencoder, geo: Geometry) -> dict[str, str]:
+def pairing_record(
+    cfg: TrainConfig, ae: VideoCodec, geo: Geometry, text_encoder: Any = None
+) -> dict[str, str]:
     """What the DiT was trained with (autoencoder digest, text encoder, frame size): the
     record `python -m model.bundle pack` checks before it puts a DiT and an autoencoder
-    together. Take it after `calibrate_random`, which changes a random autoencoder."""
-    text = minilm_id() if cfg.text.encoder is TextSource.MINILM else TextEncoderId(TEXT_STUB, "")
+    together. Take it after `calibrate_random`, which changes a random autoencoder.
+
+    With umT5 the encoder (`build_text_encoder`'s) names itself: umt5 and its architecture.
+    A TAEHV adds ``codec = taehv`` (its digest covers the encoder's float32 weights); a run
+    from model.init adds ``init`` and the import's ``origin``."""
+    if cfg.text.encoder is TextSource.UMT5:
+        text = text_encoder_id(text_encoder)
+        if text is None:
+            raise ValueError("pairing_record needs the umT5 encoder of build_text_encoder")
+    elif cfg.text.encoder is TextSource.MINILM:
+        text = minilm_id()
+    else:
+        text = TextEncoderId(TEXT_STUB, "")
     # The footage's size first (the app's default), then the crop size scenes were drawn at.
     sizes = [(geo.size, geo.size), (geo.clip, geo.clip)]
-    return training_record(ae, text, sizes, cfg.model.preset)
+    record = training_record(ae, text, sizes, init_model_name(cfg, model_config(cfg)))
+    if cfg.autoencoder.source is AutoencoderSource.TAEHV:
+        record["codec"] = "taehv"
+    if cfg.model.init:
+        record["init"] = cfg.model.init
+        origin = init_checkpoint(cfg)[1].get("origin")
+        if origin:
+            record["origin"] = origin
+    return record
 
 
-def save_random_autoencoder(cfg: TrainConfig, ae: VideoAutoencoder, is_main: bool) -> None:
+def save_random_autoencoder(cfg: TrainConfig, ae: VideoCodec, is_main: bool) -> None:
     """A smoke run's random (calibrated) autoencoder, saved so its DiT can still be packed."""
     if is_main and cfg.autoencoder.source is AutoencoderSource.RANDOM:
         ae.save(Path(cfg.run.out_dir) / "autoencoder.safetensors")
@@ -282,7 +462,7 @@ class Setup(NamedTuple):
     device: torch.device
     bf16: bool
     net_cfg: StreamDiTConfig
-    ae: VideoAutoencoder  # frozen; calibrated when random
+    ae: VideoCodec  # frozen: ours (calibrated when random) or TAEHV
     text_encoder: Any
     geo: Geometry
     chunk_sizes: list[int]
@@ -302,7 +482,7 @@ def setup(cfg: TrainConfig, env: distributed.DistEnv) -> Setup:
     )
     if not cfg.data.latent_cache:
         calibrate_random(cfg, ae, geo, device)
-    record = pairing_record(cfg, ae, geo)
+    record = pairing_record(cfg, ae, geo, text_encoder)
     save_random_autoencoder(cfg, ae, env.is_main)
     bf16 = use_bf16(cfg.run.precision, device)
     return Setup(run, per_rank, device, bf16, net_cfg, ae, text_encoder, geo, chunk_sizes, record)
@@ -325,8 +505,11 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     )
 
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-    with torch.device(device):
-        net = StreamDiT(net_cfg)
+    if cfg.model.init:
+        net = load_init(cfg, net_cfg, record, device)  # every rank reads the same file
+    else:
+        with torch.device(device):
+            net = StreamDiT(net_cfg)
     model = distributed.wrap(net, cfg.run.strategy, env)
     opt, ema = optimizer_and_ema(cfg, net)
 
@@ -335,7 +518,7 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     if env.is_main:
         params = sum(p.numel() for p in net.parameters())
         print(
-            f"StreamDiT {cfg.model.preset}: {params / 1e6:.2f}M parameters, {env.world} "
+            f"StreamDiT {model_label(cfg)}: {params / 1e6:.2f}M parameters, {env.world} "
             f"process(es) on {device.type}, steps {step} -> {end}, {run.origin}",
             flush=True,
         )
