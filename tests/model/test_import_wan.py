@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 from safetensors.torch import save_file
+from wan_parts import TEXT_DIM, random_wan
 
 from model.checkpoint import load_streamdit, read_metadata
 from model.config import Prediction, TimeInput
@@ -20,49 +21,25 @@ diffusers = pytest.importorskip(
 )
 
 TOL = 1e-4
-TINY_WAN = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=8,
-    in_channels=4,
-    out_channels=4,
-    text_dim=16,
-    freq_dim=32,
-    ffn_dim=32,
-    num_layers=2,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    rope_max_seq_len=64,
-)
 GRID = (2, 4, 3, 8, 8)  # B, C, F, H, W: 3 x 4 x 4 tokens
-
-
-def _random(cls, **extra):
-    """A tiny diffusers model with every weight random (norms and tables included)."""
-    torch.manual_seed(0)
-    model = cls(**TINY_WAN, **extra)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def wan():
-    return _random(diffusers.WanTransformer3DModel)
+    return random_wan(diffusers.WanTransformer3DModel)
 
 
 @pytest.fixture(scope="module")
 def skyreels():
     if not hasattr(diffusers, "SkyReelsV2Transformer3DModel"):
         pytest.skip("this diffusers has no SkyReelsV2Transformer3DModel")
-    return _random(diffusers.SkyReelsV2Transformer3DModel)
+    return random_wan(diffusers.SkyReelsV2Transformer3DModel)
 
 
 def _inputs(batch=GRID[0], seed=1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *GRID[1:], generator=g)
-    text = torch.randn(batch, 7, TINY_WAN["text_dim"], generator=g)
+    text = torch.randn(batch, 7, TEXT_DIM, generator=g)
     t_uniform = torch.rand(batch, generator=g)
     t_frames = torch.rand(batch, GRID[2], generator=g)  # a different time per frame
     return x, text, t_uniform, t_frames
@@ -114,7 +91,7 @@ def test_skyreels_diffusion_forcing_per_frame_time(skyreels, tmp_path):
 def test_skyreels_frame_rate_embedding_is_folded_in(tmp_path, fps):
     if not hasattr(diffusers, "SkyReelsV2Transformer3DModel"):
         pytest.skip("this diffusers has no SkyReelsV2Transformer3DModel")
-    model = _random(diffusers.SkyReelsV2Transformer3DModel, inject_sample_info=True)
+    model = random_wan(diffusers.SkyReelsV2Transformer3DModel, inject_sample_info=True)
     model.save_pretrained(tmp_path / "src")
     convert(tmp_path / "src", tmp_path / "net.safetensors", fps=fps)
     net = load_streamdit(tmp_path / "net.safetensors")

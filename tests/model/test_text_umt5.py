@@ -1,14 +1,14 @@
 """model/text_umt5.py: umT5 from a local folder gives Wan's prompt states, cached and blendable.
 
 The model is a tiny random `UMT5EncoderModel` and the tokenizer a tiny Unigram one (the shape
-of umT5's: Metaspace pieces, a closing </s>), both saved with save_pretrained in a tmp folder.
+of umT5's: Metaspace pieces, a closing </s>), both saved with save_pretrained in a tmp folder
+by tests/wan_parts.py.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import string
 import sys
 from pathlib import Path
 
@@ -17,63 +17,20 @@ import torch
 
 pytest.importorskip("transformers", reason="the umT5 encoder needs transformers (the [wan] extra)")
 
+from wan_parts import WORDS, save_text_parts  # noqa: E402
+
 from model.bundle import MINILM, UMT5, TextEncoderId, text_encoder_id  # noqa: E402
 from model.text import BlendMode, TextEncoderProtocol, blend  # noqa: E402
 from model.text_umt5 import UMT5TextEncoder, clean_prompt, resolve_folders  # noqa: E402
 
 L = 12  # the padded length (Wan's is 512)
-WORDS = ["a", "red", "blue", "circle", "square", "slow", "pan", "over", "lake"]
-
-
-def _save_tokenizer(folder: Path) -> int:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    vocab += [(c, -3.0) for c in string.ascii_lowercase]  # any lowercase word tokenizes
-    vocab += [("▁" + w, -1.0) for w in WORDS]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
-    fast.save_pretrained(folder)
-    return len(vocab)
-
-
-def _save_model(folder: Path, vocab_size: int) -> torch.nn.Module:
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    cfg = UMT5Config(
-        vocab_size=vocab_size,
-        d_model=16,
-        d_kv=8,
-        d_ff=32,
-        num_layers=2,
-        num_heads=2,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    torch.manual_seed(0)
-    model = UMT5EncoderModel(cfg).eval()
-    model.save_pretrained(folder)
-    return model
 
 
 @pytest.fixture(scope="module")
 def download(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A -Diffusers download's text parts: text_encoder/ and tokenizer/."""
-    root = tmp_path_factory.mktemp("wan-diffusers")
-    vocab = _save_tokenizer(root / "tokenizer")
-    _save_model(root / "text_encoder", vocab)
-    return root
+    """A -Diffusers download's text parts: text_encoder/ and tokenizer/ (2 layers, 39 pieces:
+    the prompts below are whole WORDS, one token each)."""
+    return save_text_parts(tmp_path_factory.mktemp("wan-diffusers"), WORDS, layers=2)
 
 
 @pytest.fixture(scope="module")

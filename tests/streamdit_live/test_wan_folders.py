@@ -4,9 +4,11 @@ memory is one sentence, before anything is loaded."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import shutil
-import string
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,9 +19,11 @@ diffusers = pytest.importorskip(
 )
 pytest.importorskip("transformers", reason="umT5 needs transformers (the [wan] extra)")
 
+from wan_parts import TEXT_DIM, random_wan, save_taehv, save_text_parts  # noqa: E402
+
 from model.bundle import UMT5, TextEncoderId, minilm_id, save_bundle  # noqa: E402
 from model.config import Prediction, TimeInput  # noqa: E402
-from model.taehv import TAEHV, TAEHV_CONFIGS  # noqa: E402
+from model.taehv import TAEHV  # noqa: E402
 from model.text import TextEncoder  # noqa: E402
 from streamdit_live.cli import main  # noqa: E402
 from streamdit_live.controls import Size  # noqa: E402
@@ -27,76 +31,13 @@ from streamdit_live.models import build_models  # noqa: E402
 from streamdit_live.wan_weights import WanFolderError, estimate_memory, find_parts  # noqa: E402
 
 CPU = torch.device("cpu")
-TEXT_DIM = 16
-TINY_WAN = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=8,
-    in_channels=16,  # TAEHV's latent channels
-    out_channels=16,
-    text_dim=TEXT_DIM,
-    freq_dim=32,
-    ffn_dim=32,
-    num_layers=2,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    rope_max_seq_len=64,
-)
-WORDS = ["a", "red", "fox", "in", "snow"]
-
-
-def _save_tokenizer(folder: Path) -> int:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    vocab += [(c, -3.0) for c in string.ascii_lowercase]
-    vocab += [("▁" + w, -1.0) for w in WORDS]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    ).save_pretrained(folder)
-    return len(vocab)
-
-
-def _save_umt5(folder: Path, vocab_size: int) -> None:
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    cfg = UMT5Config(
-        vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
-        relative_attention_num_buckets=8, relative_attention_max_distance=16,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    UMT5EncoderModel(cfg).eval().save_pretrained(folder)
+LATENT = dict(in_channels=16, out_channels=16)  # TAEHV's latent channels
+WORDS = ("a", "red", "fox", "in", "snow")  # the prompt below, one token a word
 
 
 def _wan(cls=None) -> torch.nn.Module:
     """The tiny random transformer (the same weights on every call: a fixed seed)."""
-    torch.manual_seed(0)
-    model = (cls or diffusers.WanTransformer3DModel)(**TINY_WAN)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model.eval()
-
-
-def _save_wan(folder: Path, cls=None) -> None:
-    _wan(cls).save_pretrained(folder)
-
-
-def _save_taehv(path: Path) -> None:
-    torch.manual_seed(0)
-    ae = TAEHV(TAEHV_CONFIGS["tiny"])
-    with torch.no_grad():
-        for p in ae.parameters():
-            p.normal_(0, 0.05)
-    torch.save(ae.state_dict(), path)
+    return random_wan(cls or diffusers.WanTransformer3DModel, **LATENT)
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +45,9 @@ def download(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Wan2.1 -Diffusers download as the hub lays it out, with taew2_1.pth put in it."""
     root = tmp_path_factory.mktemp("Wan2.1-T2V-1.3B-Diffusers")
     (root / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
-    _save_wan(root / "transformer")
-    _save_umt5(root / "text_encoder", _save_tokenizer(root / "tokenizer"))
-    _save_taehv(root / "taew2_1.pth")
+    _wan().save_pretrained(root / "transformer")
+    save_text_parts(root, WORDS)
+    save_taehv(root / "taew2_1.pth")
     return root
 
 
@@ -283,7 +224,7 @@ def test_skyreels_folders_are_told_apart(download: Path, tmp_path: Path):
     if not hasattr(diffusers, "SkyReelsV2Transformer3DModel"):
         pytest.skip("this diffusers has no SkyReelsV2Transformer3DModel")
     folder = _copy(download, tmp_path, drop=("transformer",))
-    _save_wan(folder / "transformer", diffusers.SkyReelsV2Transformer3DModel)
+    _wan(diffusers.SkyReelsV2Transformer3DModel).save_pretrained(folder / "transformer")
     parts = find_parts([folder])
     assert parts.family == "skyreels-v2" and parts.sizes[0] == (960, 544)
     models = build_models("cpu", CPU, [folder], available_memory=_plenty)
@@ -323,62 +264,49 @@ def test_the_cli_says_what_is_missing_and_exits_2(download: Path, tmp_path: Path
     assert code == 2 and "has no TAEHV decoder" in err and err.count("\n") == 1
 
 
-def test_the_engine_streams_text_to_video_from_a_download(download: Path):
-    """End to end in text mode on the CPU: umT5 states into the converted DiT in the moving
-    buffer, latents out through TAEHV (its first chunk 3 frames short, Wan's rule)."""
+def _first_chunks(download: Path, settings: dict, open_source=None, n: int = 3) -> list[list]:
+    """Runs the engine on the download's models, on the CPU at 64x64 with the prompt "a fox"
+    and `settings` (and the source `open_source()` starts, once the models are built), until
+    it has pushed `n` chunks; -> the first `n` chunks' frames."""
     from streamdit_live.controls import Controls
     from streamdit_live.engine import Engine
 
-    pushed: list[int] = []
-    frames = []
-    done = __import__("threading").Event()
+    pushed: list[list] = []
+    done = threading.Event()
 
     class Out:
         def push(self, chunk):
-            pushed.append(len(chunk))
-            frames.extend(chunk)
-            if len(pushed) >= 3:
+            pushed.append(list(chunk))
+            if len(pushed) >= n:
                 done.set()
 
         def flush(self, keep_last: bool = False) -> None:
             pass
 
     models = build_models("cpu", CPU, [download], available_memory=_plenty)
-    controls = Controls().replace(
-        {"mode": "text", "size": "64x64", "fps": 120.0, "prompt": "a fox"}
-    )
-    with Engine(controls, models, Out()):
+    controls = Controls().replace({"size": "64x64", "fps": 120.0, "prompt": "a fox", **settings})
+    source = open_source() if open_source else None
+    guard = source if source is not None else contextlib.nullcontext()
+    with guard, Engine(controls, models, Out(), source):
         assert done.wait(120), "no frames from the Wan download"
-    assert pushed[:3] == [1, 4, 4]
-    assert frames[0].frame.shape == (64, 64, 3)
+    return pushed[:n]
+
+
+def test_the_engine_streams_text_to_video_from_a_download(download: Path):
+    """End to end in text mode on the CPU: umT5 states into the converted DiT in the moving
+    buffer, latents out through TAEHV (its first chunk 3 frames short, Wan's rule)."""
+    chunks = _first_chunks(download, {"mode": "text"})
+    assert [len(c) for c in chunks] == [1, 4, 4]
+    assert chunks[0][0].frame.shape == (64, 64, 3)
 
 
 def test_the_engine_streams_video_to_video_from_a_download(download: Path):
     """Video mode through TAEHV: its first decoded chunk is 3 frames short, and those frames
     keep the capture times of the chunk's last frames, in order."""
-    from streamdit_live.controls import Controls
-    from streamdit_live.engine import Engine
     from streamdit_live.sources import open_source
 
-    pushed: list[list] = []
-    done = __import__("threading").Event()
-
-    class Out:
-        def push(self, chunk):
-            pushed.append(list(chunk))
-            if len(pushed) >= 3:
-                done.set()
-
-        def flush(self, keep_last: bool = False) -> None:
-            pass
-
-    models = build_models("cpu", CPU, [download], available_memory=_plenty)
-    controls = Controls().replace(
-        {"mode": "video", "size": "64x64", "fps": 120.0, "prompt": "a fox", "strength": 0.5}
-    )
-    source = open_source("demo", 64, 64, 120.0)
-    with source, Engine(controls, models, Out(), source):
-        assert done.wait(120), "no frames from the Wan download"
-    assert [len(c) for c in pushed[:3]] == [1, 4, 4]
-    captures = [f.t_capture for c in pushed[:3] for f in c]
+    demo = functools.partial(open_source, "demo", 64, 64, 120.0)
+    chunks = _first_chunks(download, {"mode": "video", "strength": 0.5}, demo)
+    assert [len(c) for c in chunks] == [1, 4, 4]
+    captures = [f.t_capture for c in chunks for f in c]
     assert None not in captures and captures == sorted(captures)

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import json
 import math
-import string
 from pathlib import Path
 
 import pytest
 import support
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from wan_parts import random_wan, save_taehv, save_text_parts
 
 from model.bundle import UMT5, latent_space_digest
 from model.checkpoint import load_streamdit, read_metadata
 from model.config import Prediction, TimeInput
 from model.import_wan import convert
-from model.taehv import TAEHV, TAEHV_CONFIGS
+from model.taehv import TAEHV
 from training.config import ConfigError, load_config
 from training.distill import DistillConfig, distill
 from training.train import train
@@ -32,21 +32,6 @@ pytest.importorskip("transformers", reason="umT5 needs transformers (the [wan] e
 ROOT = Path(__file__).resolve().parents[2]
 FINETUNE = ROOT / "training" / "configs" / "wan_finetune.toml"
 DISTILL = ROOT / "training" / "configs" / "wan_distill.toml"
-TEXT_DIM = 16
-TINY_WAN = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=8,
-    in_channels=4,
-    out_channels=4,
-    text_dim=TEXT_DIM,
-    freq_dim=32,
-    ffn_dim=32,
-    num_layers=2,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    rope_max_seq_len=64,
-)
 # The GPU configs on a CPU, at 32x32 (21 latent frames of 4x4: 84 tokens) and 2 clips.
 CPU = [
     "run.device=cpu",
@@ -67,61 +52,16 @@ CPU = [
 ]
 
 
-def _umt5_folder(root: Path) -> Path:
-    """A -Diffusers download's text parts (text_encoder/, tokenizer/), tiny and random."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
-
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    vocab += [(c, -3.0) for c in string.ascii_lowercase]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    ).save_pretrained(root / "tokenizer")
-    cfg = UMT5Config(
-        vocab_size=len(vocab),
-        d_model=TEXT_DIM,
-        d_kv=8,
-        d_ff=32,
-        num_layers=1,
-        num_heads=2,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    torch.manual_seed(0)
-    UMT5EncoderModel(cfg).save_pretrained(root / "text_encoder")
-    return root
-
-
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An imported tiny Wan, its umT5 folder and a TAEHV file (4 latent channels)."""
     root = tmp_path_factory.mktemp("wan-parts")
-    torch.manual_seed(0)
-    wan = diffusers.WanTransformer3DModel(**TINY_WAN)
-    with torch.no_grad():
-        for p in wan.parameters():
-            p.normal_(0, 0.1)
-    wan.save_pretrained(root / "diffusers")
+    random_wan(diffusers.WanTransformer3DModel, std=0.1).save_pretrained(root / "diffusers")
     convert(root / "diffusers", root / "wan.safetensors")
-    torch.manual_seed(1)
-    taehv = TAEHV(TAEHV_CONFIGS["tiny"].replace(latent_channels=4))
-    with torch.no_grad():
-        for p in taehv.parameters():
-            p.normal_(0, 0.1)
-    save_file(taehv.state_dict(), str(root / "taew2_1.safetensors"))
     return {
         "init": root / "wan.safetensors",
-        "text": _umt5_folder(root / "umt5"),
-        "taehv": root / "taew2_1.safetensors",
+        "text": save_text_parts(root / "umt5", words=(), layers=1),  # umT5 d16-l1-v30
+        "taehv": save_taehv(root / "taew2_1.safetensors", latent_channels=4, std=0.1, seed=1),
     }
 
 
