@@ -173,6 +173,19 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, layout: WindowLayout) -> T
     return out.transpose(1, 2).reshape(b, slots, nh * dh)  # (B*nW, Nh, Lw, Dh) -> (B, nW*Lw, D)
 
 
+def attention_as_matmuls(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """softmax(q k^T / sqrt(Dh) + mask) v as two batched matmuls, q (B, Nh, L, Dh), k and v
+    (B, Nh, Lk, Dh), mask additive and broadcastable to (B, Nh, L, Lk) -> (B, Nh, L, Dh).
+
+    For a few dozen keys (the text) in bf16 on CPUs this is ~10 % faster than SDPA's flash
+    kernel, whose blocks are then tiny; it rounds like any bf16 path (the scale is applied to
+    k in k's dtype, the softmax computes in float32 inside)."""
+    scores = q @ (k * k.shape[-1] ** -0.5).transpose(-1, -2)  # (B, Nh, L, Lk)
+    if mask is not None:
+        scores = scores + mask
+    return torch.softmax(scores, dim=-1) @ v
+
+
 def attend_windows(q: Tensor, k: Tensor, v: Tensor, layout: WindowLayout) -> Tensor:
     """Window attention on q, k, v (B, L, Nh, Dh) in token order -> (B, L, Nh*Dh)."""
     q, k, v = (to_window_order(t.flatten(2), layout).unflatten(-1, t.shape[2:]) for t in (q, k, v))
@@ -218,9 +231,12 @@ def rope_rotation(rope: RopeTables) -> tuple[Tensor, Tensor]:
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate the channel pairs (a, b) of x (B, L, Nh, Dh) to (a c - b s, b c + a s), in x's
-    dtype; cos and sin (L, 1, Dh) from `rope_rotation`."""
-    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (b0, a0, b1, a1, ...)
+    """Rotate the channel pairs (a, b) of x (B, L, N, Dh) to (a c - b s, b c + a s), in x's
+    dtype, for any N (heads, or the heads of q and k stacked); cos and sin (L, 1, Dh) from
+    `rope_rotation`."""
+    pairs = x.unflatten(-1, (-1, 2))
+    # (b0, a0, b1, a1, ...): two strided copies, ~1.4x faster than flip on a size-2 dim.
+    swapped = torch.stack((pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
     return torch.addcmul(x * cos, swapped, sin)
 
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from model.attention import (
     WindowLayout,
+    attention_as_matmuls,
     plan_windows,
     rope_tables,
     rotate,
@@ -131,6 +132,34 @@ def qk_norm(x: Tensor, norm: nn.Module) -> Tensor:
     return (x * inv.to(x.dtype)).mul_(norm.weight)
 
 
+def qk_norm_pair(qk: Tensor, norm_q: nn.Module, norm_k: nn.Module) -> Tensor:
+    """`qk_norm` of queries and keys stacked as qk (..., 2, D): the same numbers, in half the
+    ops (each pass covers both)."""
+    if isinstance(norm_q, nn.Identity) and isinstance(norm_k, nn.Identity):
+        return qk
+    rms = isinstance(norm_q, nn.RMSNorm) and isinstance(norm_k, nn.RMSNorm)
+    if not rms or norm_q.eps != norm_k.eps:
+        q, k = qk.unbind(-2)
+        return torch.stack((qk_norm(q, norm_q), qk_norm(k, norm_k)), dim=-2)
+    sq = torch.linalg.vector_norm(qk, dim=-1, keepdim=True, dtype=torch.float32).square()
+    eps = torch.finfo(qk.dtype).eps if norm_q.eps is None else norm_q.eps
+    inv = torch.rsqrt(sq / qk.shape[-1] + eps)  # (..., 2, 1) float32
+    return (qk * inv.to(qk.dtype)).mul_(torch.stack((norm_q.weight, norm_k.weight)))
+
+
+def few_keys_as_matmuls(q: Tensor) -> bool:
+    """Whether attention over a few keys (the text) runs as plain matmuls: bf16 inference on
+    a CPU, where that beats SDPA's kernel (`attention_as_matmuls`); float32 keeps SDPA, which
+    is as fast there, so float32 outputs stay as they were, bit for bit."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype == torch.bfloat16
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+    )
+
+
 class Attention(nn.Module):
     """Multi-head attention projections with optional RMSNorm on queries and keys.
 
@@ -158,16 +187,17 @@ class SelfAttention(Attention):
         # One window over the whole grid, unmasked: window order is token order (full
         # attention, Wan's), so both gathers are skipped.
         full = layout.mask is None and layout.plan.num_windows == 1
-        # Into window order once, for q, k and v together: (B, L, 3D) -> (B, nW*Lw, 3D).
-        qkv = self.fused(x, self.q, self.k, self.v)
-        if not full:
-            qkv = to_window_order(qkv, layout)
-        q, k, v = qkv.chunk(3, dim=-1)
-        heads = (b, -1, self.heads, d // self.heads)  # (B, nW*Lw, D) -> (B, nW*Lw, Nh, Dh)
-        # The norms see all heads at once (Wan's "rms_norm_across_heads"), then heads split.
-        q = rotate(qk_norm(q, self.norm_q).view(heads), layout.cos, layout.sin)
-        k = rotate(qk_norm(k, self.norm_k).view(heads), layout.cos, layout.sin)
-        out = window_attention(q, k, v.unflatten(-1, heads[2:]), layout)  # (B, nW*Lw, D)
+        # Into window order once, before the projection (a third of the bytes of q, k, v):
+        # (B, L, D) -> (B, nW*Lw, D), then (B, nW*Lw, 3D).
+        qkv = self.fused(x if full else to_window_order(x, layout), self.q, self.k, self.v)
+        qk, v = qkv.split((2 * d, d), dim=-1)
+        heads = (self.heads, d // self.heads)  # D -> (Nh, Dh)
+        # q and k together, (B, nW*Lw, 2, D): the norms see all heads at once (Wan's
+        # "rms_norm_across_heads"), then heads split and both rotate in one pass.
+        qk = qk_norm_pair(qk.unflatten(-1, (2, d)), self.norm_q, self.norm_k)
+        qk = rotate(qk.view(b, -1, 2 * heads[0], heads[1]), layout.cos, layout.sin)
+        q, k = qk.unflatten(2, (2, heads[0])).unbind(2)  # (B, nW*Lw, Nh, Dh), strided views
+        out = window_attention(q, k, v.unflatten(-1, heads), layout)  # (B, nW*Lw, D)
         return linear(out if full else to_token_order(out, layout), self.o.weight, self.o.bias)
 
 
@@ -181,7 +211,10 @@ class CrossAttention(Attention):
         k, v = self.fused(context, self.k, self.v).chunk(2, dim=-1)  # (B, Lc, D) each
         k = qk_norm(k, self.norm_k).view(heads).transpose(1, 2)  # (B, Nh, Lc, Dh)
         v = v.unflatten(-1, heads[2:]).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, Nh, L, Dh)
+        if few_keys_as_matmuls(q):
+            out = attention_as_matmuls(q, k, v, mask)  # (B, Nh, L, Dh)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return linear(out.transpose(1, 2).reshape(b, -1, d), self.o.weight, self.o.bias)
 
 

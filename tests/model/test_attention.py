@@ -4,12 +4,16 @@ import math
 import attention_reference as reference
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model.attention import (
     apply_rope,
     attend_windows,
+    attention_as_matmuls,
     plan_windows,
+    rope_rotation,
     rope_tables,
+    rotate,
     window_layout,
     window_mask,
 )
@@ -146,6 +150,34 @@ def test_rope_equals_the_previous_implementation():
     rope = rope_tables(grid, dh, 10000.0, torch.device("cpu"))
     x = torch.randn(2, math.prod(grid), 3, dh, generator=torch.Generator().manual_seed(4))
     assert torch.allclose(apply_rope(x, rope), reference.apply_rope(x, rope), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotate_swaps_pairs_exactly_as_the_flip_it_replaced(dtype):
+    """The pair swap by two strided copies (faster than flip on a size-2 dim) gives the same
+    numbers bit for bit, also with q and k stacked as extra heads."""
+    grid, dh = (2, 4, 6), 16
+    cos, sin = (t.to(dtype) for t in rope_rotation(rope_tables(grid, dh, 10000.0, "cpu")))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, math.prod(grid), 2 * 3, dh, generator=g).to(dtype)
+    flipped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    assert torch.equal(rotate(x, cos, sin), torch.addcmul(x * cos, flipped, sin))
+
+
+def test_attention_as_matmuls_equals_sdpa_with_and_without_a_mask():
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(2, 3, 50, 8, generator=g)
+    k, v = (torch.randn(2, 3, 7, 8, generator=g) for _ in range(2))
+    hidden = torch.tensor([[False] * 7, [False] * 4 + [True] * 3])  # padding of sample 1
+    mask = torch.zeros(2, 1, 1, 7).masked_fill(hidden[:, None, None, :], float("-inf"))
+    for m in (None, mask):
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+        torch.testing.assert_close(attention_as_matmuls(q, k, v, m), expected)
+    v_pad = v.clone()
+    v_pad[1, :, 4:] = 100.0  # masked keys' values never reach the output
+    torch.testing.assert_close(
+        attention_as_matmuls(q, k, v_pad, mask), attention_as_matmuls(q, k, v, mask)
+    )
 
 
 def test_layout_mask_is_additive_in_the_model_dtype_and_only_where_needed():

@@ -9,7 +9,15 @@ from model import CONFIGS, StreamDiT
 from model.attention import plan_windows, rope_tables
 from model.bundle import load_bundle, read_bundle_info
 from model.config import FULL_WINDOW, Prediction, TimeInput
-from model.dit import fast_bf16_cpu, inference_dtype, window_layouts
+from model.dit import (
+    CrossAttention,
+    fast_bf16_cpu,
+    few_keys_as_matmuls,
+    inference_dtype,
+    qk_norm,
+    qk_norm_pair,
+    window_layouts,
+)
 
 SHIPPED = Path(__file__).parents[2] / "model" / "weights" / "streamdit-cpu.safetensors"
 
@@ -187,6 +195,52 @@ def test_bfloat16_forward_runs():
     with torch.no_grad():
         v = net(x.bfloat16(), t, text)
     assert v.dtype == torch.bfloat16 and torch.isfinite(v.float()).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_query_and_key_norms_together_equal_them_apart_bit_for_bit(dtype):
+    attn = _random_net(TINY).blocks[0].self_attn.to(dtype)
+    d = TINY.dim
+    qkv = torch.randn(2, 40, 3 * d, generator=torch.Generator().manual_seed(3)).to(dtype)
+    qk = qkv[..., : 2 * d].unflatten(-1, (2, d))  # strided, as in the forward
+    with torch.no_grad():
+        pair = qk_norm_pair(qk, attn.norm_q, attn.norm_k)
+        assert torch.equal(pair[..., 0, :], qk_norm(qk[..., 0, :], attn.norm_q))
+        assert torch.equal(pair[..., 1, :], qk_norm(qk[..., 1, :], attn.norm_k))
+    plain = StreamDiT(TINY.replace(qk_norm=False)).blocks[0].self_attn
+    assert qk_norm_pair(qk, plain.norm_q, plain.norm_k) is qk  # no norms: no copy
+
+
+def test_bf16_forward_stays_within_bf16_rounding_of_the_fp32_forward():
+    """The shipped size in its CPU dtype (bf16 where the CPU has it) against float32, over
+    shifted, masked windows: the fast paths may only round differently."""
+    cfg = CONFIGS["cpu"]
+    torch.manual_seed(0)
+    net = StreamDiT(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.02)  # as model.bench: every path busy, activations O(1)
+    x, t, text = _inputs(cfg, 1, 4, 32, 32)  # 4 x 16 x 16 tokens: 4 windows, a masked shift
+    with torch.no_grad():
+        full = net(x, t, text)
+        half = net.to(torch.bfloat16)(x.bfloat16(), t, text.bfloat16()).float()
+    # bf16's own rounding gives ~0.9 % here (eps 0.4 %, six blocks); a wrong op gives O(1).
+    assert (half - full).abs().max() < 2e-2 * full.abs().max()
+
+
+def test_cross_attention_in_bf16_takes_matmuls_and_matches_float32():
+    """bf16 CPU inference attends to the text by two matmuls instead of SDPA: same map."""
+    torch.manual_seed(0)
+    attn = CrossAttention(64, 4, qk_norm=True).eval()  # default init: O(1) scores
+    g = torch.Generator().manual_seed(7)
+    x, context = torch.randn(2, 96, 64, generator=g), 3 * torch.randn(2, 9, 64, generator=g)
+    keep = torch.tensor([[True] * 9, [True] * 5 + [False] * 4])
+    mask = torch.zeros(2, 1, 1, 9).masked_fill(~keep[:, None, None, :], float("-inf"))
+    with torch.no_grad():
+        assert few_keys_as_matmuls(x.bfloat16()) and not few_keys_as_matmuls(x)
+        full = attn(x, context, mask)
+        half = attn.bfloat16()(x.bfloat16(), context.bfloat16(), mask.bfloat16()).float()
+    assert (half - full).abs().max() < 2e-2 * full.abs().max()
 
 
 def test_wrong_inputs_give_clear_errors():
