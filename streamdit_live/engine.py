@@ -44,7 +44,7 @@ from streamdit_live.controls import (
 )
 from streamdit_live.frames import frames_to_tensor, tensor_to_frames
 from streamdit_live.metrics import StageTimes
-from streamdit_live.models import Models
+from streamdit_live.models import Models, keep_freed_memory
 from streamdit_live.models import build_models as build_models  # re-exported
 from streamdit_live.models import cpu_threads as cpu_threads  # re-exported
 from streamdit_live.models import pick_device as pick_device  # re-exported
@@ -255,6 +255,8 @@ class Engine:
             self._lock.notify_all()
 
     def start(self) -> Engine:
+        if self.models.device.type == "cpu":
+            keep_freed_memory()  # no page faults for each call's activations
         if self._source is not None:
             # Room for the largest chunk any chunk_size can ask for.
             biggest = self.models.config.latent_frames * self.models.ae.cfg.temporal_factor
