@@ -228,7 +228,7 @@ class Controls:
     )
     strength: float = _control(
         float,
-        0.5,
+        0.25,  # two noise stages: every look but the sketch, ~0.4 s camera to output
         "Video mode: how far the output may drift from the input (0 keeps it, 1 ignores it).",
         low=0.0,
         high=1.0,
