@@ -47,6 +47,7 @@ from model.bundle import (
     BundleError,
     BundleInfo,
     format_size,
+    latent_space_digest,
     load_bundle,
     load_pair,
     minilm_id,
@@ -54,7 +55,7 @@ from model.bundle import (
     read_bundle_info,
     text_encoder_id,
 )
-from model.checkpoint import CheckpointError, read_metadata
+from model.checkpoint import CheckpointError, load_streamdit, parse_config, read_metadata
 from model.codec import VideoCodec
 from model.dit import fast_bf16_cpu, inference_dtype
 from streamdit_live import wan_weights
@@ -86,6 +87,11 @@ class Models:
         """Which weights run, in a few words: for the app's status and the logs."""
         if self.path is None:
             return f"random {self.name} weights"
+        if self.wan is not None and self.wan.export is not None:
+            return (
+                f"{self.name} model {self.wan.export.name} with {self.path.name}'s umT5 and "
+                f"{self.wan.taehv.name}"
+            )
         if self.wan is not None:
             return f"{self.name} model from {self.path.name} with {self.wan.taehv.name}"
         if self.shipped:
@@ -260,6 +266,11 @@ def _plan(files: Sequence[Path]) -> tuple[BundleInfo, Path, Callable[[torch.devi
             f"--weights names {len(many)} {read_metadata(many[0]).get('kind')} checkpoints "
             f"({', '.join(map(str, many))}); give one model bundle."
         )
+    if not aes and read_metadata(dits[0]).get("codec") == "taehv":
+        raise BundleError(
+            f"the DiT {dits[0]} was trained with TAEHV and umT5, so it runs beside the Wan "
+            "download it was trained from: give that folder as another --weights."
+        )
     if not aes:
         raise BundleError(
             f"the DiT {dits[0]} comes without the autoencoder it was trained with; give its "
@@ -392,6 +403,11 @@ def build_models(
     return models
 
 
+def _export_config(path: Path) -> StreamDiTConfig:
+    """The config a StreamDiT checkpoint records, from its header."""
+    return parse_config(path, read_metadata(path), "config", StreamDiTConfig)
+
+
 def _build_wan(
     paths: Sequence[Path],
     model: str,
@@ -406,7 +422,12 @@ def _build_wan(
     taehv_dirs: Sequence[Path] | None,
 ) -> Models:
     """A Wan download (streamdit_live/wan_weights.py): every part and the memory checked,
-    then the DiT converted in memory, umT5 from the folder and TAEHV."""
+    then the DiT converted in memory, umT5 from the folder and TAEHV. With a StreamDiT
+    checkpoint trained from the folder (training/'s export) among `paths`, that DiT runs
+    instead of the folder's transformer, once its record names this umT5 and TAEHV."""
+    from model.taehv import TAEHV
+    from model.text_umt5 import UMT5TextEncoder
+
     parts = wan_weights.find_parts(paths, taehv_dirs)
     if explicit_model:
         raise BundleError(
@@ -420,17 +441,30 @@ def _build_wan(
                 f"{parts.root} is a Wan2.1-architecture model that reads umT5 prompt states, but "
                 f"the text encoder given is {have or 'unnamed'}; leave it out to use the folder's."
             )
+    ae: VideoCodec | None = None
+    name = parts.name
+    if parts.export is not None:
+        net_cfg = _export_config(parts.export)
+        if text is None:  # its construction reads the folder's config, no weights
+            text = UMT5TextEncoder(parts.root, max_length=net_cfg.text_len, device=device)
+        have = text_encoder_id(text)
+        assert have is not None  # a umT5 encoder, checked above
+        ae = TAEHV.load(parts.taehv, torch.device("cpu"))  # float32, as training digested it
+        meta = wan_weights.check_export(parts, have, latent_space_digest(ae))
+        name = meta.get("model") or name
     dit_dtype = dtype or inference_dtype(device)  # a 1.3B model is wide: bf16 where it helps
     text_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # UMT5TextEncoder's
     latent_hw = None if size is None else (size.height // 8, size.width // 8)
     need = wan_weights.estimate_memory(parts, dit_dtype, text_dtype, latent_hw)
     wan_weights.check_memory(parts, need, device, available)
-    log.info("Loading %s (about %s).", parts.root, need.describe())
-    from model.taehv import TAEHV
-    from model.text_umt5 import UMT5TextEncoder
-
-    ae = TAEHV.load(parts.taehv, device)
-    dit = wan_weights.load_dit(parts.transformer, device, dit_dtype)
+    log.info("Loading %s (about %s).", parts.export or parts.root, need.describe())
+    ae = TAEHV.load(parts.taehv, device) if ae is None else ae.to(device)
+    if parts.export is not None:
+        # Read on the host, each tensor cast as it goes to the device: the device never holds
+        # the stored float32 copy the estimate does not count.
+        dit = load_streamdit(parts.export, "cpu").to(device=device, dtype=dit_dtype)
+    else:
+        dit = wan_weights.load_dit(parts.transformer, device, dit_dtype)
     if text is None:
         text = UMT5TextEncoder(parts.root, max_length=dit.cfg.text_len, device=device)
     if text.dim != dit.cfg.text_dim:
@@ -448,7 +482,7 @@ def _build_wan(
         text,
         device,
         trained=True,
-        name=parts.name,
+        name=name,
         path=parts.root,
         wan=parts,
         flow_shift=parts.flow_shift,

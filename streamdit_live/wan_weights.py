@@ -8,7 +8,12 @@ diffusers `-Diffusers` repo: Wan2.1-T2V-1.3B, SkyReels-V2-DF-1.3B-540P). It runs
 - the text encoder: `text_encoder/` and `tokenizer/` (umT5, `model.text_umt5`), padded to the
   DiT's text length;
 - the codec: a TAEHV file (`taew2_1.pth` or `taew2_1.safetensors`) in the folder, given as a
-  second `--weights` path, or where `streamdit-live download taew2_1` puts it.
+  second `--weights` path, or where `streamdit-live download taew2_1` puts it;
+- or, given as another `--weights` path, a StreamDiT checkpoint fine-tuned or distilled from
+  the folder's model by `training/` (`streamdit_ema.safetensors`) in place of `transformer/`:
+  its record must name the folder's umT5 (`text_encoder_version`) and this TAEHV's latent
+  digest (`autoencoder_digest`, `model.bundle.latent_space_digest`), checked by
+  `check_export` before the DiT or umT5 is loaded.
 
 Everything is checked from file names and safetensors headers before a tensor is read: every
 part present (one sentence names what is missing and how to get it), the text width the DiT
@@ -30,8 +35,8 @@ from pathlib import Path
 import torch
 
 from model import import_wan
-from model.bundle import BundleError
-from model.checkpoint import meta_module
+from model.bundle import UMT5, BundleError, TextEncoderId
+from model.checkpoint import CheckpointError, meta_module, read_metadata
 from model.dit import StreamDiT
 
 log = logging.getLogger(__name__)
@@ -79,6 +84,7 @@ class WanParts:
     taehv: Path
     transformer_config: dict
     family: str  # "wan2.1" or "skyreels-v2"
+    export: Path | None = None  # a StreamDiT checkpoint trained from it, run in its place
 
     @property
     def transformer(self) -> Path:
@@ -131,6 +137,16 @@ def _listed(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " * (len(items) > 1) + items[-1]
 
 
+def _streamdit_kind(path: Path) -> bool:
+    """Whether `path` is a StreamDiT checkpoint (an export of training/), from its header."""
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    try:
+        return read_metadata(path).get("kind") == "streamdit"
+    except CheckpointError:
+        return False  # not ours: left to the TAEHV loader's sentence
+
+
 def _family(config: dict) -> str:
     return "skyreels-v2" if str(config.get("_class_name", "")).startswith("SkyReels") else "wan2.1"
 
@@ -151,13 +167,19 @@ def find_parts(paths: Sequence[Path], taehv_dirs: Sequence[Path] | None = None) 
         )
     root = folders[0]
     given: Path | None = None
+    export: Path | None = None
     for path in paths:
         if path == root:
             continue
-        if not (path.is_file() and path.suffix in (".pth", ".safetensors")) or given is not None:
+        if _streamdit_kind(path) and export is None:
+            export = path
+            continue
+        taehv_like = path.is_file() and path.suffix in (".pth", ".safetensors")
+        if not taehv_like or _streamdit_kind(path) or given is not None:
             raise WanFolderError(
-                f"{root} is a model download, so the only other --weights it takes is its TAEHV "
-                f"decoder file ({TAEHV_FILES[0]}), not {path}."
+                f"{root} is a model download, so the only other --weights it takes are its TAEHV "
+                f"decoder file ({TAEHV_FILES[0]}) and one StreamDiT checkpoint trained from it, "
+                f"not {path}."
             )
         given = path
     missing: list[str] = []
@@ -169,7 +191,8 @@ def find_parts(paths: Sequence[Path], taehv_dirs: Sequence[Path] | None = None) 
     else:
         if not (tdir / "config.json").is_file():
             missing.append(f"{TRANSFORMER}/config.json")
-        missing += _shards_missing(tdir, f"{TRANSFORMER}/")
+        if export is None:  # an export replaces the transformer's weights (not its config)
+            missing += _shards_missing(tdir, f"{TRANSFORMER}/")
     if not edir.is_dir():
         missing.append(f"the {TEXT_ENCODER}/ folder")
     else:
@@ -210,7 +233,40 @@ def find_parts(paths: Sequence[Path], taehv_dirs: Sequence[Path] | None = None) 
             f"{root}: the transformer takes {text_dim}-d text states but {TEXT_ENCODER}/ gives "
             f"{text_cfg.get('d_model')}-d; the folder mixes two models, download it again."
         )
-    return WanParts(root, taehv, config, family)
+    return WanParts(root, taehv, config, family, export)
+
+
+def check_export(parts: WanParts, text: TextEncoderId, taehv_digest: str) -> dict[str, str]:
+    """The record of `parts.export` (training's `pairing_record`), after checking that it was
+    trained with this folder's umT5 (`text`, e.g. `UMT5TextEncoder(root).identity`) and a
+    TAEHV of latent digest `taehv_digest` (`model.bundle.latent_space_digest`); a mismatch
+    is one sentence naming the part."""
+    assert parts.export is not None
+    path, meta = parts.export, read_metadata(parts.export)
+    want = TextEncoderId(meta.get("text_encoder", ""), meta.get("text_encoder_version", ""))
+    if want.name != UMT5:
+        raise WanFolderError(
+            f"{path} records the text encoder {want.name or '(none)'}, not umT5, so it cannot "
+            f"run with {parts.root}'s; give a checkpoint trained from this download."
+        )
+    if want.version != text.version:
+        raise WanFolderError(
+            f"{path} was trained with umT5 {want.version} but {parts.root}'s text_encoder/ is "
+            f"umT5 {text.version}, a different model; give the download it was trained from."
+        )
+    if meta.get("codec") != "taehv":
+        raise WanFolderError(
+            f"{path} was trained with its own autoencoder, not TAEHV, so it runs from its "
+            "bundle (`python -m model.bundle pack`), not beside a Wan download."
+        )
+    recorded = meta.get("autoencoder_digest", "")
+    if recorded != taehv_digest:
+        raise WanFolderError(
+            f"{path} was trained with a TAEHV of latent digest {recorded[:16] or 'unrecorded'} "
+            f"but {parts.taehv} has {taehv_digest[:16]}; give the TAEHV file it was trained "
+            "with as another --weights."
+        )
+    return meta
 
 
 # --- memory --------------------------------------------------------------------------------
@@ -279,8 +335,9 @@ def estimate_memory(
     dim = cfg.get("num_attention_heads", 0) * cfg.get("attention_head_dim", 0)
     ffn = cfg.get("ffn_dim", 4 * dim)
     working = 2 * tokens * (ffn + 4 * dim) * _bytes(dit_dtype) + WORKING_SLACK_BYTES
+    dit_params = header_params(parts.export) if parts.export else _folder_params(parts.transformer)
     return MemoryEstimate(
-        dit=_folder_params(parts.transformer) * _bytes(dit_dtype),
+        dit=dit_params * _bytes(dit_dtype),
         text=_folder_params(parts.root / TEXT_ENCODER) * _bytes(text_dtype),
         codec=_file_params(parts.taehv) * 4,
         working=working,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -216,7 +217,8 @@ def test_another_text_encoder_or_an_explicit_model_is_refused(download: Path):
 def test_something_else_beside_the_folder_is_refused(download: Path, tmp_path: Path):
     other = tmp_path / "notes.txt"
     other.write_text("x")
-    with pytest.raises(WanFolderError, match="the only other --weights it takes is its TAEHV"):
+    says = "the only other --weights it takes are its TAEHV decoder file (taew2_1.pth) and one"
+    with pytest.raises(WanFolderError, match=re.escape(says)):
         find_parts([download, other])
 
 
@@ -310,3 +312,125 @@ def test_the_engine_streams_video_to_video_from_a_download(download: Path):
     assert [len(c) for c in chunks] == [1, 4, 4]
     captures = [f.t_capture for c in chunks for f in c]
     assert None not in captures and captures == sorted(captures)
+
+
+# --- a StreamDiT export fine-tuned from the download (training/, docs/TRAINING.md) ---------
+
+ROOT = Path(__file__).resolve().parents[2]
+# training/configs/wan_finetune.toml on a CPU for two steps at 32x32 (as
+# tests/training/test_wan_finetune.py runs it).
+FINETUNE_ON_CPU = [
+    "run.device=cpu", "run.precision=fp32", "run.threads=1", "run.progress=false",
+    "run.log_every=1", "run.max_steps=2", "data.synthetic=1.0", "data.folder=0.0",
+    "data.size=32", "data.crop=0", "data.workers=0", "data.max_objects=1",
+    "optim.batch_size=2", "optim.warmup=0", "stages.0.lr=1e-3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def export(download: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`streamdit_ema.safetensors` of two fine-tuning steps from the download's transformer
+    (imported by model.import_wan), its umT5 and its TAEHV, exported by training.train."""
+    from model.import_wan import convert
+    from training.config import load_config
+    from training.train import train
+
+    out = tmp_path_factory.mktemp("finetune")
+    convert(download / "transformer", out / "wan.safetensors")
+    paths = [
+        f"model.init={out / 'wan.safetensors'}",
+        f"text.path={download}",
+        f"autoencoder.checkpoint={download / 'taew2_1.pth'}",
+    ]
+    config = ROOT / "training" / "configs" / "wan_finetune.toml"
+    train(load_config(config, [*FINETUNE_ON_CPU, *paths, f"run.out_dir={out / 'run'}"]))
+    return out / "run" / "streamdit_ema.safetensors"
+
+
+def test_a_finetuned_export_runs_in_place_of_the_folders_transformer(
+    download: Path, export: Path, monkeypatch
+):
+    from model.checkpoint import load_streamdit
+
+    monkeypatch.setattr(
+        "streamdit_live.wan_weights.load_dit", lambda *a, **k: pytest.fail("converted the folder")
+    )
+    models = build_models(
+        "cpu", CPU, [download, export], dtype=torch.float32, available_memory=_plenty
+    )
+    assert models.wan is not None and models.wan.export == export and models.path == download
+    assert models.name == "wan2.1-d16" and models.flow_shift == 5.0
+    assert "streamdit_ema.safetensors" in models.describe_weights()
+    trained = load_streamdit(export).state_dict()
+    ours = models.dit.state_dict()
+    assert trained.keys() == ours.keys() and all(torch.equal(ours[n], trained[n]) for n in ours)
+    emb = models.text.encode("a red fox in snow")
+    x = torch.randn(1, 16, 3, 8, 8)
+    with torch.no_grad():
+        v = models.dit(x, torch.tensor([[0.2, 0.5, 0.9]]), emb.states, emb.mask)
+    assert v.shape == x.shape and torch.isfinite(v).all()
+    assert models.ae.decode(v).shape == (1, 3, 4 * 3 - 3, 64, 64)
+
+
+def test_the_estimate_counts_the_exports_tensors(download: Path, export: Path, tmp_path: Path):
+    """The export replaces the transformer's weights: they need not be there, nor counted."""
+    from streamdit_live.wan_weights import header_params
+
+    folder = _copy(download, tmp_path, drop=("transformer/diffusion_pytorch_model.safetensors",))
+    parts = find_parts([folder, export])
+    assert parts.export == export and parts.taehv == folder / "taew2_1.pth"
+    need = estimate_memory(parts, torch.bfloat16, torch.float32, (8, 8), latent_frames=3)
+    assert need.dit == 2 * header_params(export) > 0
+    assert build_models("cpu", CPU, [folder, export], available_memory=_plenty).trained
+
+
+def _refused_before_loading(paths: list[Path], monkeypatch) -> str:
+    for where in ("streamdit_live.wan_weights.load_dit", "streamdit_live.models.load_streamdit"):
+        monkeypatch.setattr(where, lambda *a, **k: pytest.fail("loaded the DiT"))
+    with pytest.raises(WanFolderError) as err:
+        build_models("cpu", CPU, paths, available_memory=_plenty)
+    msg = str(err.value)
+    _one_sentence(msg)
+    return msg
+
+
+def test_an_export_of_another_umt5_is_refused_in_one_sentence(
+    download: Path, export: Path, tmp_path: Path, monkeypatch
+):
+    folder = _copy(download, tmp_path, drop=("text_encoder", "tokenizer"))
+    save_text_parts(folder, WORDS, layers=3)  # umT5 d16-l3-v35; the export's is d16-l2-v35
+    msg = _refused_before_loading([folder, export], monkeypatch)
+    assert msg.startswith(f"{export} was trained with umT5 d16-l2-v35 but {folder}'s "), msg
+    assert "text_encoder/ is umT5 d16-l3-v35" in msg
+
+
+def test_an_export_of_another_taehv_is_refused_in_one_sentence(
+    download: Path, export: Path, tmp_path: Path, monkeypatch
+):
+    other = save_taehv(tmp_path / "taew2_1.pth", seed=1)
+    msg = _refused_before_loading([download, export, other], monkeypatch)
+    assert msg.startswith(f"{export} was trained with a TAEHV of latent digest "), msg
+    assert f"but {other} has " in msg and "give the TAEHV file it was trained with" in msg
+
+
+def test_the_cli_refuses_a_mismatched_export_and_exits_2(
+    download: Path, export: Path, tmp_path: Path, capsys
+):
+    other = save_taehv(tmp_path / "taew2_1.pth", seed=1)
+    args = ["run", "--mode", "text", "--out", "file:o.mp4"]
+    for path in (download, export, other):
+        args += ["--weights", str(path)]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "was trained with a TAEHV of latent digest" in err, err
+    assert err.count("\n") == 1
+
+
+def test_an_export_alone_or_two_exports_are_refused(download: Path, export: Path, tmp_path):
+    from model.bundle import BundleError
+
+    with pytest.raises(BundleError, match="give that folder as another --weights") as err:
+        build_models("cpu", CPU, [export], available_memory=_plenty)
+    _one_sentence(str(err.value))
+    with pytest.raises(WanFolderError, match="and one StreamDiT checkpoint trained from it, not"):
+        find_parts([download, export, shutil.copy(export, tmp_path / "second.safetensors")])
