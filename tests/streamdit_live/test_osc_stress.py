@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from pythonosc.osc_message import OscMessage
 
+from streamdit_live.controls import CONTROLS
 from streamdit_live.osc import build_message
 
 FPS = 24.0
@@ -206,7 +207,8 @@ def test_a_fuzz_of_bad_packets_changes_nothing_and_the_stream_goes_on(tmp_path):
         assert run.proc.poll() is None, run.stderr()[-2000:]
         assert fps == pytest.approx(FPS, rel=0.10), f"{fps:.1f} fps while {sent} packets came"
         # Not one of them was applied: every frame kept the prompt and strength it started with.
-        assert {(r["prompt"], r["strength"]) for r in frames} == {(START_PROMPT, 0.5)}
+        start = (START_PROMPT, CONTROLS["strength"].default)
+        assert {(r["prompt"], r["strength"]) for r in frames} == {start}
         # Issue 8: after the A/B preset, plain prompts used to change nothing.
         run.send(build_message("/streamdit/preset", "vj-crossfade"))
         run.status("/streamdit/status/prompt", lambda text: text.startswith("a cyan"), 10.0)
