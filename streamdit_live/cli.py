@@ -174,7 +174,7 @@ def _stream_options() -> argparse.ArgumentParser:
         metavar="PATH",
         help="a model bundle (.safetensors, see docs/BUNDLES.md) or a folder holding one, or a "
         "trained DiT and its autoencoder (give --weights twice), or a Wan2.1-architecture "
-        "model's -Diffusers download folder (with taew2_1.pth in it or given as a second "
+        "model's -Diffusers download folder (with its TAEHV file in it or given as a second "
         "--weights, and optionally a DiT fine-tuned from it by training/ as another "
         "--weights; see `download` and docs/WEIGHTS.md). Without it the cpu model "
         "loads the trained weights shipped in model/weights/ (or $STREAMDIT_WEIGHTS); tiny, "

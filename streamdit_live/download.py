@@ -64,8 +64,8 @@ CATALOG: dict[str, Downloadable] = {
         ),
         Downloadable(
             "taew2_1",
-            "madebyollin/taehv",
-            ("taew2_1.pth",),
+            "Kijai/WanVideo_comfy",  # hosts taew2_1.safetensors (madebyollin/taehv on GitHub)
+            ("taew2_1.safetensors",),
             "under 50 MB",
             "TAEHV for Wan2.1 latents (MIT): the small decoder the Wan models run with",
         ),

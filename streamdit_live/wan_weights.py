@@ -45,7 +45,7 @@ MODEL_INDEX = "model_index.json"
 TRANSFORMER = "transformer"
 TEXT_ENCODER = "text_encoder"
 TOKENIZER = "tokenizer"
-TAEHV_FILES = ("taew2_1.pth", "taew2_1.safetensors", "safetensors/taew2_1.safetensors")
+TAEHV_FILES = ("taew2_1.safetensors", "taew2_1.pth", "safetensors/taew2_1.safetensors")
 TAEHV_DOWNLOAD = "taew2_1"  # the `streamdit-live download` name of the TAEHV file
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "U8": 1, "BOOL": 1}
 # Working memory beyond the activations estimated from the token grid (allocator slack, the

@@ -52,7 +52,7 @@ class FakeHub:
             "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers",
             ["model_index.json", "transformer/*", "text_encoder/*", "tokenizer/*"],
         ),
-        ("taew2_1", "madebyollin/taehv", ["taew2_1.pth"]),
+        ("taew2_1", "Kijai/WanVideo_comfy", ["taew2_1.safetensors"]),
     ],
 )
 def test_each_name_asks_the_hub_for_its_repo_and_only_the_files_the_app_reads(
@@ -64,14 +64,14 @@ def test_each_name_asks_the_hub_for_its_repo_and_only_the_files_the_app_reads(
     assert target == tmp_path / "data" / "streamdit-live" / "models" / name
     assert not any("vae" in p for p in patterns)  # TAEHV decodes; the big VAE is not fetched
     found = dl.downloaded(name)
-    assert found == (target / "taew2_1.pth" if name == "taew2_1" else target)
+    assert found == (target / "taew2_1.safetensors" if name == "taew2_1" else target)
 
 
 def test_to_puts_the_files_in_that_folder(tmp_path):
     hub = FakeHub()
     folder = tmp_path / "Wan2.1-T2V-1.3B-Diffusers"
     assert dl.download("taew2_1", folder, fetch=hub) == folder
-    assert hub.calls[0]["local_dir"] == folder and (folder / "taew2_1.pth").is_file()
+    assert hub.calls[0]["local_dir"] == folder and (folder / "taew2_1.safetensors").is_file()
     assert dl.downloaded("taew2_1") is None  # not in the default place
 
 
@@ -107,7 +107,7 @@ def test_no_network_is_one_sentence(error):
     assert "needs internet and https://huggingface.co could not be reached" in msg
     assert (
         "it resumes" in msg
-        and "put taew2_1.pth from https://huggingface.co/madebyollin/taehv" in msg
+        and "put taew2_1.safetensors from https://huggingface.co/Kijai/WanVideo_comfy" in msg
     )
     assert msg.endswith(".") and "\n" not in msg
 

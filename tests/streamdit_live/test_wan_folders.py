@@ -131,7 +131,7 @@ def test_a_missing_taehv_is_one_sentence_naming_it(download: Path, tmp_path: Pat
     with pytest.raises(WanFolderError) as err:
         build_models("cpu", CPU, [folder], available_memory=_plenty)
     msg = str(err.value)
-    assert msg.startswith(f"{folder} has no TAEHV decoder: download taew2_1.pth")
+    assert msg.startswith(f"{folder} has no TAEHV decoder: download taew2_1.safetensors")
     assert "streamdit-live download taew2_1" in msg
     _one_sentence(msg)
 
@@ -217,7 +217,7 @@ def test_another_text_encoder_or_an_explicit_model_is_refused(download: Path):
 def test_something_else_beside_the_folder_is_refused(download: Path, tmp_path: Path):
     other = tmp_path / "notes.txt"
     other.write_text("x")
-    says = "the only other --weights it takes are its TAEHV decoder file (taew2_1.pth) and one"
+    says = "the only other --weights it takes are its TAEHV decoder file (taew2_1.safetensors)"
     with pytest.raises(WanFolderError, match=re.escape(says)):
         find_parts([download, other])
 
