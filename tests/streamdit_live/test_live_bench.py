@@ -130,4 +130,5 @@ def test_bench_prints_the_budget_and_puts_it_in_the_json(tmp_path, capsys):
     assert budget["total_ms"] == pytest.approx(sum(budget[k] for k in parts), abs=0.05)
     assert budget["bound"] in ("input", "compute")
     total = next(line.split() for line in out.splitlines() if line.strip().startswith("total"))
-    assert total[1] == f"{budget['total_ms']:.0f}"
+    # The same total, printed to the ms (the JSON keeps it to 0.01 ms: allow the rounding).
+    assert abs(int(total[1]) - budget["total_ms"]) <= 0.51
