@@ -64,6 +64,18 @@ class PartitionScheme:
         return torch.arange(self.buffer_frames) >= self.ref_frames
 
 
+def stream_scheme(
+    buffer_frames: int, chunk_size: int, micro_steps: int, levels: int = 0, video: bool = False
+) -> PartitionScheme:
+    """The scheme a stream runs (K = 0): one noise level per chunk of a `buffer_frames`-frame
+    buffer, or in video mode `levels` when fewer. Video mode keeps only the stages below its
+    entry level, so fewer, larger levels let a chunk out sooner: ceil(strength x N) stages,
+    one chunk period apart."""
+    full = buffer_frames // chunk_size
+    coarse = video and 0 < levels < full
+    return PartitionScheme(0, levels if coarse else full, chunk_size, micro_steps)
+
+
 def buffer_steps(scheme: PartitionScheme, micro_step: int, stages: int | None = None) -> Tensor:
     """(K + stages*c,) steps taken by each frame at `micro_step` (0..s-1), oldest first.
 

@@ -119,20 +119,25 @@ def budget_of(result: dict) -> LatencyBudget | None:
     )
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def format_budget(budget: LatencyBudget, result: dict) -> list[str]:
     """The budget's lines of the report, the measured latency beside the predicted sum."""
     stage_ms = result["stages_ms"]
     encode, step, decode = (stage_ms[k]["mean_ms"] for k in ("encode", "step", "decode"))
     p50, p95 = result["latency_p50_ms"], result["latency_p95_ms"]
     measured = "n/a" if p50 is None else f"p50 {p50:.0f} ms, p95 {p95:.0f} ms"
-    calls = result["steps"]
+    calls, stages = result["steps"], result["stages"]
+    later = f"the last {_count(stages - 1, 'chunk')} later" if stages > 1 else "all at once"
     return [
         "latency budget (predicted from the stage times above):",
         f"  {'gather':<8} {budget.gather_ms:>6.0f} ms  {result['chunk_frames']} frames per "
         f"chunk at {result['target_fps']:g} fps",
-        f"  {'buffer':<8} {budget.buffer_ms:>6.0f} ms  {result['stages']} stages of {calls} "
-        f"step{'s' if calls > 1 else ''}, the last {result['stages'] - 1} chunks later; a chunk "
-        f"every {budget.chunk_period_ms:.0f} ms ({budget.bound.value}-bound)",
+        f"  {'buffer':<8} {budget.buffer_ms:>6.0f} ms  {_count(stages, 'stage')} of "
+        f"{_count(calls, 'step')}, {later}; a chunk every {budget.chunk_period_ms:.0f} ms "
+        f"({budget.bound.value}-bound)",
         f"  {'compute':<8} {budget.compute_ms:>6.0f} ms  encode {encode:.0f} + "
         f"{f'{calls} x ' if calls > 1 else ''}step {step:.0f} + decode {decode:.0f}, "
         "one after another",

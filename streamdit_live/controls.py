@@ -228,7 +228,7 @@ class Controls:
     )
     strength: float = _control(
         float,
-        0.25,  # two noise stages: every look but the sketch, ~0.4 s camera to output
+        0.25,  # one noise stage (of 4 levels): every look but the sketch, ~0.3 s camera to output
         "Video mode: how far the output may drift from the input (0 keeps it, 1 ignores it).",
         low=0.0,
         high=1.0,
@@ -271,6 +271,18 @@ class Controls:
         "Model calls per chunk and noise stage (1 for distilled weights).",
         low=1,
         high=16,
+        scope=Scope.RESTART,
+    )
+    levels: int = _control(
+        int,
+        4,  # one stage at the default strength: a chunk period less latency than the buffer's 8
+        "Video mode: noise levels between pure noise and clean. A chunk enters at the level "
+        "the strength rounds up to (steps of 1/levels) and takes one model call per level "
+        "below it, a chunk period apart: fewer levels, less latency, larger steps. 0 (or more "
+        "than the model's buffer holds): one level per chunk of the buffer, 8 on the cpu "
+        "model at chunk_size 1. Text mode always uses the whole buffer.",
+        low=0,
+        high=64,
         scope=Scope.RESTART,
     )
     model: str = _control(

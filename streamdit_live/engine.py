@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from model import PartitionScheme, StreamBuffer, StreamDiTConfig, StreamMode, blend
+from model.partition import stream_scheme
 from streamdit_live.controls import (
     CONTROLS,
     ControlError,
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 # StreamBuffer needs strength > 0; anything below one stage's worth behaves the same.
 MIN_STRENGTH = 1e-3
 _PROMPT_CONTROLS = frozenset({"prompt", "prompt_a", "prompt_b", "crossfade"})
-_REBUILD_CONTROLS = frozenset({"chunk_size", "steps", "guidance"})
+_REBUILD_CONTROLS = frozenset({"chunk_size", "steps", "guidance", "levels", "mode"})
 _STREAM_MODES = {Mode.VIDEO: StreamMode.VIDEO, Mode.TEXT: StreamMode.TEXT}
 # How long a restarted stream may take to emit its first chunk before a further restart
 # runs anyway (video mode first gathers a buffer's worth of input: ~1 s at 24 fps).
@@ -100,12 +101,11 @@ def check_fits(controls: Controls, models: Models) -> None:
 
 
 def make_scheme(controls: Controls, config: StreamDiTConfig) -> PartitionScheme:
-    """The partition (K=0, N, c, s) for the model's buffer length and the chosen chunking."""
-    return PartitionScheme(
-        ref_frames=0,
-        chunks=config.latent_frames // controls.chunk_size,
-        chunk_size=controls.chunk_size,
-        micro_steps=controls.steps,
+    """The partition (K=0, N, c, s) for the model's buffer, the chunking and, in video mode,
+    the noise levels asked for (`model.partition.stream_scheme`)."""
+    video = controls.mode is Mode.VIDEO
+    return stream_scheme(
+        config.latent_frames, controls.chunk_size, controls.steps, controls.levels, video
     )
 
 

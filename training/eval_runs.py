@@ -19,7 +19,7 @@ from model.autoencoder import VideoAutoencoder
 from model.bundle import BundleInfo
 from model.config import StreamDiTConfig
 from model.dit import StreamDiT
-from model.partition import PartitionScheme
+from model.partition import stream_scheme
 from model.stream import StreamBuffer, StreamMode
 from model.text import TextEncoderProtocol
 from training import metrics
@@ -64,6 +64,7 @@ class StreamSettings:
     chunk_size: int = 1
     steps: int = 1
     guidance: float = 1.0
+    levels: int = 0  # video mode's noise levels; 0: one per chunk of the buffer
 
 
 # --- held-out prompts ------------------------------------------------------------------------
@@ -193,11 +194,9 @@ def run_stream(
     cfg, codec = models.config, codec or models
     ae = codec.ae
     check_settings(models, settings, size)
-    scheme = PartitionScheme(
-        ref_frames=0,
-        chunks=cfg.latent_frames // settings.chunk_size,
-        chunk_size=settings.chunk_size,
-        micro_steps=settings.steps,
+    video = mode is StreamMode.VIDEO
+    scheme = stream_scheme(
+        cfg.latent_frames, settings.chunk_size, settings.steps, settings.levels, video
     )
     emb = codec.text.encode(prompt)
     null = codec.text.encode("") if settings.guidance != 1.0 else None  # as text dropout

@@ -136,6 +136,7 @@ def sampling(
     steps: int | None,
     guidance: float | None,
     teacher_of: EvalModels | None = None,
+    levels: int = 0,
 ) -> StreamSettings:
     """How to sample `models`: the flags first, then what distillation recorded (a student's
     `micro_steps` and `guidance`; for a teacher, its student's `teacher_micro_steps` and
@@ -144,7 +145,7 @@ def sampling(
     told = _record(teacher_of) if teacher_of is not None else {}
     steps = steps or int(told.get("teacher_micro_steps") or own.get("micro_steps") or 1)
     guidance = guidance or float(told.get("teacher_guidance") or own.get("guidance") or 1.0)
-    return StreamSettings(chunk_size, steps, guidance)
+    return StreamSettings(chunk_size, steps, guidance, levels)
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -156,7 +157,11 @@ def _ok(flag: bool | None) -> str:
 
 def _label(run: StreamRun) -> str:
     s = run.settings
-    return f"c={s.chunk_size} s={s.steps} g={s.guidance:g}, {run.calls_per_frame:.2f} calls/frame"
+    levels = f" levels={s.levels}" if s.levels and run.mode is StreamMode.VIDEO else ""
+    return (
+        f"c={s.chunk_size} s={s.steps} g={s.guidance:g}{levels}, "
+        f"{run.calls_per_frame:.2f} calls/frame"
+    )
 
 
 class Evaluation:
@@ -406,6 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk-size", type=int, default=1, help="latent frames per chunk")
     p.add_argument("--steps", type=int, help="model calls per stage (default: recorded, or 1)")
+    p.add_argument(
+        "--levels",
+        type=int,
+        default=0,
+        help="video mode's noise levels, as the app's --levels (default 0: one per chunk of "
+        "the buffer)",
+    )
     p.add_argument("--guidance", type=float, help="CFG scale (default: recorded, or 1)")
     p.add_argument("--teacher-steps", type=int, help="default: what distillation recorded")
     p.add_argument("--teacher-guidance", type=float, help="default: what distillation recorded")
@@ -427,6 +439,10 @@ def _main(args: argparse.Namespace) -> int:
     for name in ("prompts", "chunks", "steps", "chunk_size", "teacher_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise EvalError(f"--{name.replace('_', '-')} must be at least 1.")
+    if args.levels < 0:
+        raise EvalError(
+            f"--levels must be 0 (one per chunk of the buffer) or more, got {args.levels}."
+        )
     if not all(0 < s <= 1 for s in args.strengths):
         raise EvalError(f"--strengths must lie in (0, 1], got {args.strengths}.")
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - 1))  # as the app
@@ -444,7 +460,7 @@ def _main(args: argparse.Namespace) -> int:
         strengths=args.strengths,
         styles=tuple(args.style or STYLE_PROMPTS),
         seed=args.seed,
-        student=sampling(student, args.chunk_size, args.steps, args.guidance),
+        student=sampling(student, args.chunk_size, args.steps, args.guidance, levels=args.levels),
         agreement_prompts=args.agreement_prompts,
     )
     teacher = None
@@ -457,7 +473,12 @@ def _main(args: argparse.Namespace) -> int:
                 "give the teacher the student was distilled from."
             )
         settings = sampling(
-            teacher, args.chunk_size, args.teacher_steps, args.teacher_guidance, student
+            teacher,
+            args.chunk_size,
+            args.teacher_steps,
+            args.teacher_guidance,
+            student,
+            args.levels,
         )
         cfg = replace(cfg, teacher=settings)
     start = time.perf_counter()

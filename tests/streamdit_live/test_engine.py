@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.config import CONFIGS
 from streamdit_live.controls import ControlError, Controls, Mode
 from streamdit_live.engine import (
     EmittedFrame,
@@ -18,6 +19,7 @@ from streamdit_live.engine import (
     FrameGatherer,
     build_models,
     cpu_threads,
+    make_scheme,
     pick_device,
 )
 from streamdit_live.sources import open_source
@@ -267,3 +269,34 @@ def test_video_mode_with_bigger_chunks_and_micro_steps(models):
     captures = [f.t_capture for f in frames]
     assert None not in captures and captures == sorted(captures)
     assert len(frames) % 8 == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "chunk_size", "levels", "chunks"),
+    [
+        ("video", 1, 4, 4),  # the default: coarser than the buffer's 8
+        ("video", 1, 0, 8),  # 0: one level per chunk of the buffer
+        ("video", 1, 16, 8),  # more than the buffer holds: the buffer's
+        ("video", 2, 4, 4),  # 2-frame chunks: the buffer holds 4 anyway
+        ("video", 2, 2, 2),
+        ("text", 1, 4, 8),  # text mode always fills the buffer
+    ],
+)
+def test_levels_set_the_schemes_noise_levels_in_video_mode(mode, chunk_size, levels, chunks):
+    controls = Controls().replace({"mode": mode, "chunk_size": chunk_size, "levels": levels})
+    scheme = make_scheme(controls, CONFIGS["cpu"])
+    assert (scheme.chunks, scheme.chunk_size) == (chunks, chunk_size)
+
+
+def test_fewer_levels_take_fewer_stages_and_changing_them_restarts(models):
+    """tiny's buffer holds 4 chunks: at strength 0.5 that is 2 stages, with 2 levels 1;
+    the change applies live (a rebuilt buffer), frames keep coming in both."""
+    out = Collector()
+    controls = text_controls(mode="video", strength=0.5, levels=0)
+    source = open_source("demo", 64, 64, 120.0)
+    with source, Engine(controls, models, out, source) as engine:
+        first = out.wait_for(lambda f: len(f) >= 8)
+        assert engine.stages == 2
+        engine.apply({"levels": 2})
+        out.wait_for(lambda f: f[-1].epoch > first[-1].epoch and len(f) >= len(first) + 8)
+        assert engine.stages == 1

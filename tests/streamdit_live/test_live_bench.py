@@ -103,6 +103,13 @@ def test_the_report_shows_each_term_of_the_budget_beside_the_measured_latency():
     assert "measured p50 1060 ms, p95 1185 ms" in total
 
 
+def test_one_stage_has_no_buffer_wait():
+    lines = format_report(result_of(stages=1)).splitlines()
+    buffer = next(line for line in lines if line.split()[:1] == ["buffer"])
+    assert buffer.split()[:3] == ["buffer", "0", "ms"]
+    assert "1 stage of 1 step, all at once" in buffer
+
+
 def test_no_budget_without_a_video_stream_or_its_stage_times():
     assert budget_of(result_of(mode="text")) is None
     assert "latency budget" not in format_report(result_of(mode="text", latency_p50_ms=None))

@@ -193,6 +193,18 @@ def test_video_mode_streams_as_the_engine_feeds_it(tiny_weights):
     assert run.startup_calls == 0
 
 
+def test_fewer_levels_let_a_chunk_out_after_fewer_stages(tiny_weights):
+    """2 levels instead of the buffer's 4: strength 0.5 keeps 1 stage, so no warm-up chunk,
+    and output chunk k is still input chunk k."""
+    models = load_models([tiny_weights], torch.device("cpu"))
+    footage = np.random.default_rng(0).integers(0, 256, (64, SIZE, SIZE, 3), dtype=np.uint8)
+    settings = StreamSettings(chunk_size=1, steps=1, levels=2)
+    run = run_stream(models, settings, "a sketch", 3, SIZE, 0, footage, StreamMode.VIDEO, 0.5)
+    assert run.stages == 1 and run.warmup_chunks == 0
+    assert np.array_equal(run.reference, footage[:12])
+    assert run.calls_per_frame == pytest.approx(1 / 4)
+
+
 def _strict_json(text: str) -> dict:
     def refuse(value: str) -> None:
         raise ValueError(f"{value} is not JSON")
@@ -266,7 +278,7 @@ def test_another_teacher_disagrees_and_costs_what_it_asks(tiny_weights, other_te
     teacher = ["--teacher-steps", "3", "--teacher-guidance", "2"]
     assert main([*args, *small, *teacher, "--no-progress", "--threads", "1"]) == 0
     agreement = _strict_json((out / "report.json").read_text())["agreement"]
-    assert agreement["teacher"] == {"chunk_size": 1, "steps": 3, "guidance": 2.0}
+    assert agreement["teacher"] == {"chunk_size": 1, "steps": 3, "guidance": 2.0, "levels": 0}
     assert all(c["latent_mse"] > 0 and c["psnr"] < metrics.PSNR_CAP for c in agreement["chunks"])
     table = agreement["table"]
     assert table["teacher"]["model_calls_per_frame"] == pytest.approx(3 / 4)
@@ -284,8 +296,13 @@ def test_a_student_names_how_its_teacher_samples(tiny_weights, other_teacher, tm
     small = ["--chunks", "2", "--strengths", "0.5", "--style", "a pencil sketch"]
     assert main([*args, *small, "--no-progress", "--threads", "1"]) == 0
     report = _strict_json((out / "report.json").read_text())
-    assert report["student"] == {"chunk_size": 1, "steps": 1, "guidance": 1.0}
-    assert report["agreement"]["teacher"] == {"chunk_size": 1, "steps": 2, "guidance": 3.0}
+    assert report["student"] == {"chunk_size": 1, "steps": 1, "guidance": 1.0, "levels": 0}
+    assert report["agreement"]["teacher"] == {
+        "chunk_size": 1,
+        "steps": 2,
+        "guidance": 3.0,
+        "levels": 0,
+    }
 
 
 def test_a_teacher_on_another_autoencoder_is_refused(tiny_weights, tmp_path, capsys):
