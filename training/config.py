@@ -111,6 +111,9 @@ class FlowSection:
     # training/objective.py); clips without a source train as usual.
     paired: float = 0.0
     entry: list[float] = field(default_factory=lambda: [0.1, 0.75])  # t_e range, 1 = data
+    # Weight of a latent pixel's loss by how much the clip changes there (0: uniform);
+    # teaches where objects move (training/objective.py `motion_weights`).
+    motion_weight: float = 0.0
 
 
 @dataclass
@@ -302,6 +305,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"optim.batch_size must be >= 1, got {cfg.optim.batch_size}")
     if not 0.0 <= cfg.flow.text_dropout <= 1.0:
         raise ConfigError(f"flow.text_dropout must be in [0, 1], got {cfg.flow.text_dropout}")
+    if cfg.flow.motion_weight < 0.0:
+        raise ConfigError(f"flow.motion_weight must be >= 0, got {cfg.flow.motion_weight}")
     if not 0.0 <= cfg.flow.paired <= 1.0:
         raise ConfigError(f"flow.paired must be in [0, 1], got {cfg.flow.paired}")
     entry = cfg.flow.entry

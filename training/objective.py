@@ -122,18 +122,37 @@ def flow_matching_loss(
     sigma_min: float,
     ref_frames: int,
     sources: Tensor | None = None,
+    motion_weight: float = 0.0,
 ) -> Tensor:
     """Mean squared velocity error over the noised frames (reference frames excluded).
 
     Reference frames go in clean (t = 1) as context; the model's output there is not
     trained, since at inference they are never updated. `sources` (B, C, F, H, W), when
     given, are the latents each example's paired path starts from (see `noised`).
+    `motion_weight` > 0 weighs each latent pixel by how much the clip changes there
+    (`motion_weights`), so the few pixels a moving object covers count as much as the
+    static background that fills the rest of the frame.
     """
     x1 = latents
     x0 = draw.noise.to(x1.device, x1.dtype)
     t = draw.times.to(x1.device)
     x_t, target = noised(x0, x1, t, sigma_min, sources, draw.paired, draw.entry)
     pred = net(x_t, t, text, text_mask)
-    err = (pred.float() - target.float()).pow(2).mean(dim=(1, 3, 4))  # (B, F)
+    sq = (pred.float() - target.float()).pow(2).mean(dim=1)  # (B, F, H, W)
+    err = (sq * motion_weights(x1, motion_weight)).mean(dim=(2, 3))  # (B, F)
     active = (torch.arange(x1.shape[2], device=x1.device) >= ref_frames).float()  # (F,)
     return (err * active).sum() / (active.sum() * err.shape[0])
+
+
+def motion_weights(latents: Tensor, strength: float, eps: float = 1e-3) -> Tensor:
+    """(B, F, H, W) loss weights, mean 1 over each frame: 1 + `strength` times the latent
+    change from the frame before (frame 0 takes frame 1's), relative to the frame's mean
+    change. All ones when `strength` is 0 or nothing moves."""
+    x = latents.float()
+    if strength == 0.0 or x.shape[2] < 2:
+        return torch.ones_like(x[:, 0])
+    change = (x[:, :, 1:] - x[:, :, :-1]).abs().mean(dim=1)  # (B, F-1, H, W)
+    change = torch.cat([change[:, :1], change], dim=1)  # (B, F, H, W)
+    scale = change.mean(dim=(2, 3), keepdim=True)
+    w = 1.0 + strength * change / scale.clamp_min(eps)
+    return w / w.mean(dim=(2, 3), keepdim=True)

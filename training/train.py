@@ -492,6 +492,7 @@ def _step(
             model_config(cfg).sigma_min,
             cfg.flow.ref_frames,
             sources,
+            cfg.flow.motion_weight,
         )
     grad_norm = optimizer_step(loss, net, opt, lr, cfg.optim.grad_clip)
     return float(loss.detach()), grad_norm

@@ -11,6 +11,7 @@ from training.objective import (
     NoiseDraw,
     draw_noise,
     flow_matching_loss,
+    motion_weights,
     noised,
     resolve_chunk_sizes,
     step_generator,
@@ -134,3 +135,50 @@ def test_paired_loss_on_clips_without_a_source_is_the_plain_loss():
     assert draw.paired.all() and torch.allclose(plain, paired, rtol=1e-4)
     moved = flow_matching_loss(net, latents, draw, text, None, 0.0, 0, sources=-latents)
     assert not torch.allclose(plain, moved)
+
+
+# --- motion-weighted loss -------------------------------------------------------------------
+
+
+def moving_dot(frames: int = 4, size: int = 8) -> torch.Tensor:
+    """(1, 2, F, H, W): a static background of 0.5 and a dot of 3 moving one pixel right
+    per frame along row 4."""
+    x = torch.full((1, 2, frames, size, size), 0.5)
+    for f in range(frames):
+        x[:, :, f, 4, 1 + f] = 3.0
+    return x
+
+
+def test_motion_weights_favour_where_the_clip_changes_and_keep_each_frames_mean():
+    x = moving_dot()
+    w = motion_weights(x, 2.0)
+    assert w.shape == (1, 4, 8, 8)
+    assert torch.allclose(w.mean(dim=(2, 3)), torch.ones(1, 4))
+    # Frame 2: the dot left column 2 and reached column 3; both weigh ~17x the background.
+    assert w[0, 2, 4, 2] > 10 * w[0, 2, 0, 0] and w[0, 2, 4, 3] > 10 * w[0, 2, 0, 0]
+    assert torch.equal(motion_weights(x, 0.0), torch.ones(1, 4, 8, 8))
+    static = torch.full((1, 2, 4, 8, 8), 0.5)
+    assert torch.allclose(motion_weights(static, 2.0), torch.ones(1, 4, 8, 8))
+
+
+def test_motion_weight_raises_the_loss_of_errors_on_moving_pixels_only():
+    x = moving_dot()
+    draw = draw_noise(tuple(x.shape), [4], 0, 0.0, step_generator(0, 0, 0))
+    oracle = x - (1 - 1e-5) * draw.noise
+
+    def net_off_at(rows):
+        def net(x_t, t, text, mask):
+            out = oracle.clone()
+            out[:, :, :, rows] += 1.0  # wrong by 1 on these rows of every frame
+            return out
+
+        return net
+
+    text = torch.zeros(1, 1, 8)
+
+    def loss(net, weight):
+        return flow_matching_loss(net, x, draw, text, None, 1e-5, 0, motion_weight=weight)
+
+    on_dot, off_dot = net_off_at(4), net_off_at(0)
+    assert loss(on_dot, 2.0) > 5 * loss(on_dot, 0.0)
+    assert loss(off_dot, 2.0) < loss(off_dot, 0.0)

@@ -116,9 +116,10 @@ def test_every_stage_needs_a_folder_when_folder_data_is_mixed_in():
     [
         ("run.log_every=0", r"run.log_every must be >= 1"),
         ("run.ckpt_every=0", r"run.ckpt_every must be >= 1"),
+        ("flow.motion_weight=-1", r"flow.motion_weight must be >= 0, got -1"),
     ],
 )
-def test_intervals_must_be_positive(override, message):
+def test_intervals_and_weights_out_of_range_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(CONFIGS / "tiny.toml", [override])
 
