@@ -111,9 +111,6 @@ class FlowSection:
     # training/objective.py); clips without a source train as usual.
     paired: float = 0.0
     entry: list[float] = field(default_factory=lambda: [0.1, 0.75])  # t_e range, 1 = data
-    # Weight of a latent pixel's loss by how much the clip changes there (0: uniform);
-    # teaches where objects move (training/objective.py `motion_weights`).
-    motion_weight: float = 0.0
 
 
 @dataclass
@@ -132,6 +129,9 @@ class Stage:
     steps: int = 1000
     lr: float = 1e-4
     folder_path: str = ""  # overrides data.folder_path during this stage
+    # Weight of a latent pixel's loss by how much the clip changes there (0: uniform), so
+    # the pixels a moving object covers count (training/objective.py `motion_weights`).
+    motion_weight: float = 0.0
 
 
 @dataclass
@@ -301,12 +301,12 @@ def _validate(cfg: TrainConfig) -> None:
     for i, stage in enumerate(cfg.stages):
         if stage.steps < 1 or stage.lr <= 0:
             raise ConfigError(f"stages[{i}] needs steps >= 1 and lr > 0, got {stage}")
+        if stage.motion_weight < 0.0:
+            raise ConfigError(f"stages.{i}.motion_weight must be >= 0, got {stage.motion_weight:g}")
     if cfg.optim.batch_size < 1:
         raise ConfigError(f"optim.batch_size must be >= 1, got {cfg.optim.batch_size}")
     if not 0.0 <= cfg.flow.text_dropout <= 1.0:
         raise ConfigError(f"flow.text_dropout must be in [0, 1], got {cfg.flow.text_dropout}")
-    if cfg.flow.motion_weight < 0.0:
-        raise ConfigError(f"flow.motion_weight must be >= 0, got {cfg.flow.motion_weight}")
     if not 0.0 <= cfg.flow.paired <= 1.0:
         raise ConfigError(f"flow.paired must be in [0, 1], got {cfg.flow.paired}")
     entry = cfg.flow.entry

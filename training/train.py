@@ -416,6 +416,7 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
             run,
             lr,
             bf16,
+            batch.stage.motion_weight,
         )
         ema.update(net, run.step)
         run.tick()
@@ -467,6 +468,7 @@ def _step(
     run: Harness,
     lr: float,
     bf16: bool,
+    motion_weight: float = 0.0,
 ) -> tuple[float, float]:
     """One optimizer step on one batch; returns (loss, gradient norm before clipping)."""
     device = run.env.device
@@ -492,7 +494,7 @@ def _step(
             model_config(cfg).sigma_min,
             cfg.flow.ref_frames,
             sources,
-            cfg.flow.motion_weight,
+            motion_weight,
         )
     grad_norm = optimizer_step(loss, net, opt, lr, cfg.optim.grad_clip)
     return float(loss.detach()), grad_norm

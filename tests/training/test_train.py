@@ -56,6 +56,18 @@ def test_resume_replays_the_uninterrupted_run(tmp_path):
     assert losses(split) == losses(straight)  # bit-identical, data order included
 
 
+def test_a_stages_motion_weight_reaches_its_loss(tmp_path):
+    """Same data and draws; only the stage's weight on moving pixels differs."""
+    runs = {}
+    for weight in (0.0, 3.0):
+        out = tmp_path / f"w{weight:g}"
+        steps = ["run.max_steps=2", f"stages.0.motion_weight={weight}", f"run.out_dir={out}"]
+        train(load_config(TINY, [*QUIET, *steps]))
+        runs[weight] = losses(out)
+    assert all(math.isfinite(x) for x in runs[3.0])
+    assert all(a != b for a, b in zip(runs[0.0], runs[3.0], strict=True))
+
+
 def test_outputs_log_and_loadable_export(tmp_path):
     out = tmp_path / "run"
     last = train(load_config(TINY, [*QUIET, "run.max_steps=2", f"run.out_dir={out}"]))

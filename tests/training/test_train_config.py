@@ -116,7 +116,7 @@ def test_every_stage_needs_a_folder_when_folder_data_is_mixed_in():
     [
         ("run.log_every=0", r"run.log_every must be >= 1"),
         ("run.ckpt_every=0", r"run.ckpt_every must be >= 1"),
-        ("flow.motion_weight=-1", r"flow.motion_weight must be >= 0, got -1"),
+        ("stages.0.motion_weight=-1", r"stages.0.motion_weight must be >= 0, got -1"),
     ],
 )
 def test_intervals_and_weights_out_of_range_are_refused(override, message):
