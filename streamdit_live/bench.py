@@ -119,6 +119,14 @@ def budget_of(result: dict) -> LatencyBudget | None:
     )
 
 
+def _video_settings(result: dict) -> str:
+    """ ", strength 0.25 on 4 levels" for a video stream, else nothing."""
+    if result["mode"] != "video" or "strength" not in result:
+        return ""
+    levels = result["levels"] or "the buffer's"
+    return f", strength {result['strength']:g} on {levels} levels"
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
@@ -153,8 +161,8 @@ def format_report(result: dict) -> str:
     latency = "n/a (text mode)" if p50 is None else f"p50 {p50:.0f} ms, p95 {p95:.0f} ms"
     lines = [
         f"model {result['model']} ({weights} weights) on {result['device']}, {result['size']}, "
-        f"{result['mode']} mode, chunk {result['chunk_size']}, steps {result['steps']}, "
-        f"source {result['source']}",
+        f"{result['mode']} mode{_video_settings(result)}, chunk {result['chunk_size']}, "
+        f"steps {result['steps']}, source {result['source']}",
         f"end-to-end: {result['fps']:.2f} fps of new frames (target {result['target_fps']:g}) "
         f"over {result['seconds']:.1f} s; latency {latency}; "
         f"{result['dropped_frames']} dropped, {result['repeated_frames']} repeated",

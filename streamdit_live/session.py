@@ -517,6 +517,8 @@ class Session:
                 "chunk_size": controls.chunk_size,
                 "chunk_frames": self._engine.chunk_frames,
                 "steps": controls.steps,
+                "strength": controls.strength,
+                "levels": controls.levels,
                 "stages": self._engine.stages,
                 "pacer_hold_ms": round(hold_seconds(state) * 1000.0, 2),
                 "stages_ms": self.stage_times.snapshot(),

@@ -68,6 +68,8 @@ def result_of(mode: str = "video", **changes) -> dict:
         "chunk_size": 1,
         "chunk_frames": 4,
         "steps": 1,
+        "strength": 0.5,
+        "levels": 0,
         "stages": 4,
         "source": "demo",
         "fps": 22.4,
@@ -101,6 +103,13 @@ def test_the_report_shows_each_term_of_the_budget_beside_the_measured_latency():
     assert pacer.split()[:3] == ["pacer", "12", "ms"]
     assert total.split()[:3] == ["total", "891", "ms"]
     assert "measured p50 1060 ms, p95 1185 ms" in total
+
+
+def test_the_header_names_the_video_settings():
+    assert "video mode, strength 0.5 on the buffer's levels, chunk 1" in format_report(result_of())
+    header = format_report(result_of(strength=0.25, levels=4)).splitlines()[0]
+    assert "strength 0.25 on 4 levels" in header
+    assert "strength" not in format_report(result_of(mode="text", latency_p50_ms=None))
 
 
 def test_one_stage_has_no_buffer_wait():
