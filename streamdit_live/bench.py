@@ -120,7 +120,7 @@ def budget_of(result: dict) -> LatencyBudget | None:
 
 
 def _video_settings(result: dict) -> str:
-    """ ", strength 0.25 on 4 levels" for a video stream, else nothing."""
+    """The header's words on a video stream (", strength 0.25 on 4 levels"); none in text mode."""
     if result["mode"] != "video" or "strength" not in result:
         return ""
     levels = result["levels"] or "the buffer's"
