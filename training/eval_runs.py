@@ -290,6 +290,7 @@ def text_scores(scene: Scene, run: StreamRun) -> dict:
     want = scene.objects[0]
     color = metrics.dominant_color(run.frames)
     direction = metrics.motion_direction(run.frames, color)
+    read = None if direction is None else Direction(direction)
     return {
         "prompt": run.prompt,
         "color": want.color,
@@ -298,6 +299,9 @@ def text_scores(scene: Scene, run: StreamRun) -> dict:
         "read_direction": direction,
         "color_ok": color == want.color,
         "direction_ok": direction == want.direction.value,
+        # Left/right for left or right, up/down for up or down: whether the motion's axis
+        # follows the prompt even where its sign does not.
+        "axis_ok": read is not None and read.horizontal == want.direction.horizontal,
         **temporal_scores(run),
     }
 
@@ -341,6 +345,7 @@ def accuracy(entries: list[dict]) -> dict[str, float | None]:
     return {
         "color_accuracy": mean(e["color_ok"] for e in entries),
         "direction_accuracy": mean(e["direction_ok"] for e in entries),
+        "axis_accuracy": mean(e["axis_ok"] for e in entries),
     }
 
 

@@ -49,6 +49,10 @@ class Direction(Enum):
             self.value
         ]
 
+    @property
+    def horizontal(self) -> bool:
+        return self.vector[1] == 0.0
+
 
 class Motion(Enum):
     PLAIN = ""

@@ -16,7 +16,14 @@ from model.config import CONFIGS
 from model.dit import StreamDiT
 from model.stream import StreamMode
 from training import metrics
-from training.eval_runs import StreamSettings, held_out_scenes, run_stream
+from training.eval_runs import (
+    StreamRun,
+    StreamSettings,
+    accuracy,
+    held_out_scenes,
+    run_stream,
+    text_scores,
+)
 from training.evaluate import EvalConfig, Evaluation, load_models, main
 from training.scenes import COLORS, render_scene
 
@@ -54,6 +61,35 @@ def test_colour_and_direction_on_other_squares(color, step, start, direction):
     clip = square_clip(COLORS[color], step, start, background=50)
     assert metrics.dominant_color(clip) == color
     assert metrics.motion_direction(clip) == direction
+
+
+@pytest.mark.parametrize(
+    ("step", "direction_ok", "axis_ok"),
+    [((-3, 0), True, True), ((3, 0), False, True), ((0, 3), False, False), ((0, 0), False, False)],
+)
+def test_text_scores_tell_the_axis_from_the_sign(step, direction_ok, axis_ok):
+    # The prompt asks for red stripes moving left; the output moves `step` per frame.
+    scene = held_out_scenes(1, frames=8)[0]
+    assert scene.objects[0].color == "red" and scene.objects[0].direction.value == "left"
+    clip = square_clip(step=step, start=(30, 26))
+    run = StreamRun(
+        prompt=scene.caption,
+        mode=StreamMode.TEXT,
+        strength=1.0,
+        settings=StreamSettings(),
+        latents=[],
+        frames=clip,
+        reference=clip,
+        stages=4,
+        warmup_chunks=4,
+        startup_calls=4,
+        steady_calls=2,
+        seconds=0.1,
+        chunk_frames=4,
+    )
+    entry = text_scores(scene, run)
+    assert (entry["direction_ok"], entry["axis_ok"]) == (direction_ok, axis_ok)
+    assert accuracy([entry, entry])["axis_accuracy"] == float(axis_ok)
 
 
 def test_a_static_clip_has_no_motion():
