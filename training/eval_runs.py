@@ -299,8 +299,7 @@ def text_scores(scene: Scene, run: StreamRun) -> dict:
         "read_direction": direction,
         "color_ok": color == want.color,
         "direction_ok": direction == want.direction.value,
-        # Left/right for left or right, up/down for up or down: whether the motion's axis
-        # follows the prompt even where its sign does not.
+        # The motion's axis (horizontal or vertical) is the prompt's, whatever its sign.
         "axis_ok": read is not None and read.horizontal == want.direction.horizontal,
         **temporal_scores(run),
     }

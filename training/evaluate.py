@@ -361,7 +361,7 @@ def summary(report: dict) -> list[str]:
     lines = [
         f"text, {len(text['prompts'])} held-out prompts: colour {pct(text['color_accuracy'])}, "
         f"motion direction {pct(text['direction_accuracy'])} "
-        f"(on the right axis {pct(text.get('axis_accuracy'))})",
+        f"(on the right axis {pct(text['axis_accuracy'])})",
         f"video to video on {video['footage']}: structure by strength "
         + ", ".join(f"{s}: {v}" for s, v in video["structure_by_strength"].items())
         + f" (falls: {video['structure_falls']}; unrelated frames score {chance['structure']})",
