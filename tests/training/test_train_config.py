@@ -27,6 +27,15 @@ def test_shipped_configs_load(name):
     assert isinstance(cfg, TrainConfig) and cfg.model.preset == name
 
 
+def test_scenes64_is_a_scene_only_bench_of_the_cpu_model():
+    cfg = load_config(CONFIGS / "cpu_scenes64.toml")
+    data = cfg.data
+    assert cfg.model.preset == "cpu" and cfg.text.encoder.value == "minilm"
+    assert (data.synthetic, data.styles, data.packaged, data.size) == (1.0, 0.0, 0.0, 64)
+    assert data.max_objects == 1 and cfg.flow.paired == 0.0
+    assert [(s.steps, s.motion_weight) for s in cfg.stages] == [(6000, 2.0)]
+
+
 def test_4b_is_the_paper_recipe():
     cfg = load_config(CONFIGS / "4b.toml")
     assert [(s.steps, s.lr) for s in cfg.stages] == [(10_000, 1e-4), (10_000, 1e-5), (10_000, 1e-5)]
