@@ -132,6 +132,11 @@ class Stage:
     # Weight of a latent pixel's loss by how much the clip changes there (0: uniform), so
     # the pixels a moving object covers count (training/objective.py `motion_weights`).
     motion_weight: float = 0.0
+    # A second latent cache that `mix_share` of the stage's steps take their whole batch
+    # from, spread evenly (training/train.py `mix_draws`). Its clips may have another frame
+    # size: text mode's scenes drawn at 64 px teach the motion's sign beside 128 px footage.
+    mix_cache: str = ""
+    mix_share: float = 0.0
 
 
 @dataclass
@@ -303,6 +308,11 @@ def _validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"stages[{i}] needs steps >= 1 and lr > 0, got {stage}")
         if stage.motion_weight < 0.0:
             raise ConfigError(f"stages.{i}.motion_weight must be >= 0, got {stage.motion_weight:g}")
+        if not 0 <= stage.mix_share <= 1 or (stage.mix_share > 0) != bool(stage.mix_cache):
+            raise ConfigError(
+                f"stages.{i} needs mix_cache and mix_share in (0, 1] together, or neither; "
+                f"got mix_cache={stage.mix_cache!r}, mix_share={stage.mix_share:g}"
+            )
     if cfg.optim.batch_size < 1:
         raise ConfigError(f"optim.batch_size must be >= 1, got {cfg.optim.batch_size}")
     if not 0.0 <= cfg.flow.text_dropout <= 1.0:

@@ -271,7 +271,7 @@ def _distill(cfg: DistillConfig, env: distributed.DistEnv) -> dict:
     loss_sum = gap_sum = 0.0
     for batch in stage_batches(cfg, geo, per_rank, env, step, end):
         lr = lr_at(cfg, run.step)
-        latents = to_latents(cfg, ae, batch.clips, device)
+        latents, sources = to_latents(ae, batch, device)
         gen = step_generator(cfg.run.seed, run.step, env.rank)
         stage = draw_stage_batch(
             latents,
@@ -280,7 +280,7 @@ def _distill(cfg: DistillConfig, env: distributed.DistEnv) -> dict:
             s,
             net_cfg.sigma_min,
             gen,
-            to_latents(cfg, ae, batch.sources, device),
+            sources,
             cfg.flow.paired,
             tuple(cfg.flow.entry),
         )

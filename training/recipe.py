@@ -1,5 +1,6 @@
-"""The whole recipe of a shipped model, one command: autoencoder, latent cache, DiT
-teacher, decoder fine-tune, distillation, bundle, evaluation.
+"""The whole recipe of a shipped model, one command: autoencoder, latent cache (and the
+second cache some stages mix in), DiT teacher, decoder fine-tune, distillation, bundle,
+evaluation.
 
     python -m training.recipe cpu                    # the shipped model (hours on 2 cores)
     python -m training.recipe tiny --runs /tmp/ci    # the same recipe, shortened for CI
@@ -8,7 +9,7 @@ teacher, decoder fine-tune, distillation, bundle, evaluation.
 
 Each step calls the module's own `main(argv)` in this process and first prints the exact
 command it stands for, so any step can be copied and run alone. Every path is wired by the
-recipe: the cache is encoded by the autoencoder of step 1, the DiT trains on that cache, the
+recipe: the caches are encoded by the autoencoder of step 1, the DiT trains on them, the
 distillation's teacher is that DiT, and the bundle packs the distilled DiT with that
 autoencoder (its decoder fine-tuned on the frozen encoder when the profile has that step; the
 latent space does not move, so that step may also run beside the DiT, on another core).
@@ -30,12 +31,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from training.config import ConfigError, load_config
+from training.config import ConfigError, TrainConfig, load_config
 
 
 class Step(Enum):
     AUTOENCODER = "autoencoder"
     CACHE = "cache"
+    MIX_CACHE = "mix-cache"
     DIT = "dit"
     DECODER = "decoder"
     DISTILL = "distill"
@@ -46,6 +48,7 @@ class Step(Enum):
 TITLES = {
     Step.AUTOENCODER: "autoencoder",
     Step.CACHE: "latent cache",
+    Step.MIX_CACHE: "mix cache",
     Step.DIT: "DiT teacher",
     Step.DECODER: "decoder fine-tune",
     Step.DISTILL: "distillation",
@@ -55,6 +58,7 @@ TITLES = {
 MODULES = {
     Step.AUTOENCODER: "training.train_autoencoder",
     Step.CACHE: "training.cache_latents",
+    Step.MIX_CACHE: "training.cache_latents",
     Step.DIT: "training.train",
     Step.DECODER: "training.train_autoencoder",
     Step.DISTILL: "training.distill",
@@ -92,6 +96,10 @@ class Profile:
     # The student learns on the teacher's latent cache (as distill_cpu.toml does), so on
     # exactly what the teacher saw; False: on the distillation config's own data.
     distill_on_cache: bool = True
+    # The second cache that stages with a `mix_cache` draw part of their batches from,
+    # encoded from this config's data (`mix_clips` clips); None: no stage mixes.
+    mix_config: Path | None = None
+    mix_clips: int = 0
 
 
 # CI: threads, logging and checkpoints that suit a few steps on one core.
@@ -120,6 +128,8 @@ PROFILES = {
         half=True,
         # Text mode at the size scenes were drawn at; video to video at the footage's 256.
         evaluate_args=("--text-size=128", "--prompts=8"),
+        mix_config=CONFIGS / "cpu_scenes64.toml",  # the motion bench's 64 px scenes
+        mix_clips=4000,
     ),
     # The cpu recipe shortened for tests: the tiny presets, a trained (not random) tiny
     # autoencoder, cpu.toml's data mix (scenes and styled footage, footage cut to crops) for
@@ -153,7 +163,10 @@ PROFILES = {
             Step.DIT: (
                 *_QUICK,
                 *_TINY_DATA,
-                "stages.0.steps=6",
+                # As cpu.toml's last stage: half its batches from scenes of another size
+                # (tiny.toml's 64 px beside 32 px crops); the recipe names the cache.
+                "stages=[{name='main', steps=4, lr=5e-4}, "
+                "{name='mix', steps=2, lr=5e-4, mix_cache='mix', mix_share=0.5}]",
                 "optim.warmup=2",
                 "run.log_every=3",
                 "run.ckpt_every=6",
@@ -168,6 +181,8 @@ PROFILES = {
                 "run.ckpt_every=3",
             ),
         },
+        mix_config=CONFIGS / "tiny.toml",
+        mix_clips=8,
     ),
 }
 
@@ -181,6 +196,7 @@ class Paths:
     dit_run: Path
     distill_run: Path
     cache: Path
+    mix_cache: Path
     bundle: Path
     evaluation: Path
 
@@ -211,7 +227,6 @@ def _run_name(config: Path, cls: type) -> str:
 def plan_paths(profile: Profile, runs: Path | None) -> Paths:
     """Every run under `runs` (default runs/), named as its config names it; the bundle at
     the profile's path, or in `runs` when given."""
-    from training.config import TrainConfig
     from training.distill import DistillConfig
     from training.train_autoencoder import AETrainConfig
 
@@ -227,6 +242,7 @@ def plan_paths(profile: Profile, runs: Path | None) -> Paths:
         dit_run=dit_run,
         distill_run=root / _run_name(profile.distill_config, DistillConfig),
         cache=dit_run / "latents.safetensors",
+        mix_cache=dit_run / "latents-mix.safetensors",
         bundle=profile.bundle if runs is None else runs / profile.bundle.name,
         evaluation=root / f"eval-{profile.name}",
     )
@@ -250,6 +266,12 @@ def _sets(overrides: Sequence[str]) -> list[str]:
     return [arg for o in overrides for arg in ("--set", o)]
 
 
+def _mix_wiring(config: Path, overrides: Sequence[str], path: Path, cls: type) -> list[str]:
+    """`stages.N.mix_cache=path` for each stage of the config that mixes in a second cache."""
+    stages = load_config(_config(config), overrides, cls=cls).stages
+    return [f"stages.{i}.mix_cache={path}" for i, s in enumerate(stages) if s.mix_cache]
+
+
 def plan(
     profile: Profile,
     paths: Paths,
@@ -264,6 +286,30 @@ def plan(
 
     ae = ("autoencoder.source=checkpoint", f"autoencoder.checkpoint={paths.autoencoder}")
     dit_sets = [*profile.overrides.get(Step.DIT, ()), *ae, *extra.get(Step.DIT, ())]
+    from training.distill import DistillConfig
+
+    dit_mix = _mix_wiring(profile.dit_config, dit_sets, paths.mix_cache, TrainConfig)
+    distill_sets = [*profile.overrides.get(Step.DISTILL, ()), *extra.get(Step.DISTILL, ())]
+    distill_mix = _mix_wiring(profile.distill_config, distill_sets, paths.mix_cache, DistillConfig)
+    mix = []
+    if dit_mix or distill_mix:
+        if profile.mix_config is None:
+            raise ConfigError(
+                f"a stage mixes in a second cache but profile {profile.name} has no mix_config"
+            )
+        mix.append(
+            Command(
+                Step.MIX_CACHE,
+                (
+                    str(_config(profile.mix_config)),
+                    f"--clips={profile.mix_clips}",
+                    f"--out={paths.mix_cache}",
+                    *mine(Step.MIX_CACHE, *ae, "data.latent_cache="),
+                ),
+                output=paths.mix_cache,
+                inputs=(paths.autoencoder, _config(profile.mix_config)),
+            )
+        )
     evaluated = [arg for s in profile.evaluated_sizes for arg in ("--evaluated-size", s)]
     decoder = []
     if profile.decoder_config is not None:
@@ -292,6 +338,7 @@ def plan(
             output=paths.cache,
             inputs=(paths.autoencoder, _config(profile.dit_config)),
         ),
+        *mix,
         Command(
             Step.DIT,
             (
@@ -300,6 +347,7 @@ def plan(
                     [
                         *dit_sets,
                         f"data.latent_cache={paths.cache}",
+                        *dit_mix,
                         f"run.out_dir={paths.dit_run}",
                     ]
                 ),
@@ -314,6 +362,7 @@ def plan(
                     Step.DISTILL,
                     *ae,
                     *([f"data.latent_cache={paths.cache}"] if profile.distill_on_cache else []),
+                    *distill_mix,
                     f"distill.teacher={paths.dit}",
                     f"run.out_dir={paths.distill_run}",
                 ),

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from model.autoencoder import AE_CONFIGS, VideoAutoencoder
 from model.bundle import (
@@ -160,7 +160,7 @@ def calibrate_random(cfg: TrainConfig, ae: VideoCodec, geo: Geometry, device) ->
         ae.calibrate(torch.stack([probe[i][0] for i in range(8)]).to(device))
 
 
-def check_latent_cache(cfg: TrainConfig, cache: LatentCache) -> None:
+def check_latent_cache(cfg: TrainConfig, cache: LatentCache, path: str) -> None:
     """A cache trains the DiT in the latent space it was encoded in: refuse any other."""
     net_cfg = model_config(cfg)
     want, got = autoencoder_tag(cfg), cache.autoencoder
@@ -170,13 +170,13 @@ def check_latent_cache(cfg: TrainConfig, cache: LatentCache) -> None:
 
     if not same(want, got):
         raise ConfigError(
-            f"data.latent_cache {cfg.data.latent_cache} was encoded by {got or 'unknown'} but "
+            f"latent cache {path} was encoded by {got or 'unknown'} but "
             f"this run's autoencoder is {want}; rebuild it with `python -m training.cache_latents`"
         )
     shape = tuple(cache.latents.shape[1:3])
     if shape != (net_cfg.latent_channels, net_cfg.latent_frames):
         raise ConfigError(
-            f"data.latent_cache {cfg.data.latent_cache} holds (channels, frames) {shape} but "
+            f"latent cache {path} holds (channels, frames) {shape} but "
             f"model {model_label(cfg)!r} needs {(net_cfg.latent_channels, net_cfg.latent_frames)}"
         )
 
@@ -219,45 +219,73 @@ class Batch(NamedTuple):
     clips: Tensor  # (B, 3, F, H, W) clips, or (B, C, F, H, W) latents from a cache
     captions: list[str]
     sources: Tensor | None  # the same, for the source of each item; None unless flow.paired
+    cached: bool  # clips and sources are latents from a cache
+
+
+def mix_draws(local: int, share: float) -> int:
+    """How many of a stage's first `local` steps take their batch from its mix cache: step
+    l does when mix_draws(l + 1) > mix_draws(l), so any stretch of the stage holds its share
+    and the count of draws from either source before a step is known (resume)."""
+    return math.floor(local * share)
+
+
+def _loader(cfg: TrainConfig, data: Dataset, per_rank: int, env, start_step: int) -> Iterator:
+    if cfg.flow.paired > 0:
+        data = WithSources(data)
+    return iter(
+        DataLoader(
+            data,
+            batch_size=per_rank,
+            num_workers=cfg.data.workers,
+            sampler=StepSampler(per_rank, env.rank, env.world, start_step=start_step),
+            pin_memory=env.device.type == "cuda",
+            persistent_workers=False,
+        )
+    )
 
 
 def stage_batches(
     cfg: TrainConfig, geo: Geometry, per_rank: int, env: distributed.DistEnv, step: int, end: int
 ) -> Iterator[Batch]:
     """The batches of steps `step`..`end`-1 of this rank: the data order is a function of
-    (seed, step, rank), so a resumed run sees the same batches."""
+    (seed, step, rank), so a resumed run sees the same batches. A stage with a mix cache
+    takes `mix_share` of its batches from it (`mix_draws`), whole, never mixing sizes."""
     while step < end:
         stage, local = cfg.stage_at(step)
         stage_end = min(end, step - local + stage.steps)
         data = build_dataset(cfg.data, geo.video_frames, geo.size, cfg.run.seed, stage.folder_path)
         if isinstance(data, LatentCache):
-            check_latent_cache(cfg, data)
-        if cfg.flow.paired > 0:
-            data = WithSources(data)
-        loader = DataLoader(
-            data,
-            batch_size=per_rank,
-            num_workers=cfg.data.workers,
-            sampler=StepSampler(per_rank, env.rank, env.world, start_step=step),
-            pin_memory=env.device.type == "cuda",
-            persistent_workers=False,
-        )
-        batches = iter(loader)
+            check_latent_cache(cfg, data, cfg.data.latent_cache)
+        share = stage.mix_share if stage.mix_cache else 0.0
+        mixed = mix_draws(local, share)
+        main = _loader(cfg, data, per_rank, env, step - mixed)
+        mix = None
+        if share > 0:
+            mix_data = LatentCache(stage.mix_cache)
+            check_latent_cache(cfg, mix_data, stage.mix_cache)
+            mix = _loader(cfg, mix_data, per_rank, env, mixed)
         while step < stage_end:
-            clips, captions, *sources = next(batches)
-            yield Batch(stage, clips, list(captions), sources[0] if sources else None)
+            from_mix = mix_draws(local + 1, share) > mix_draws(local, share)
+            clips, captions, *sources = next(mix if from_mix else main)
+            cached = from_mix or bool(cfg.data.latent_cache)
+            yield Batch(stage, clips, list(captions), sources[0] if sources else None, cached)
             step += 1
-        del batches  # stops loader workers before the next stage builds its own
+            local += 1
+        del main, mix  # stops loader workers before the next stage builds its own
 
 
 @torch.no_grad()
-def to_latents(cfg: TrainConfig, ae: VideoCodec, clips: Tensor | None, device):
-    """Clips (or cached latents) of a batch from `stage_batches` as latents (B, C, F, H, W)
-    on `device`; None stays None."""
-    if clips is None:
-        return None
-    clips = clips.to(device, non_blocking=True)
-    return clips if cfg.data.latent_cache else ae.encode(clips)
+def to_latents(ae: VideoCodec, batch: Batch, device) -> tuple[Tensor, Tensor | None]:
+    """A batch from `stage_batches` as latents (B, C, F, H, W) on `device`, its clips' and its
+    sources' (None stays None): encoded, unless they come from a cache."""
+
+    def latents(clips: Tensor | None) -> Tensor | None:
+        if clips is None:
+            return None
+        clips = clips.to(device, non_blocking=True)
+        return clips if batch.cached else ae.encode(clips)
+
+    return latents(batch.clips), latents(batch.sources)
 
 
 def pairing_record(
@@ -353,6 +381,12 @@ def setup(cfg: TrainConfig, env: distributed.DistEnv) -> Setup:
     chunk_sizes = resolve_chunk_sizes(
         net_cfg.latent_frames, cfg.flow.ref_frames, cfg.flow.chunk_sizes
     )
+    for path in sorted({cfg.data.latent_cache, *(s.mix_cache for s in cfg.stages)} - {""}):
+        if not Path(path).is_file():  # now, not when its stage starts hours from here
+            raise ConfigError(
+                f"latent cache {path} does not exist; build it with "
+                "`python -m training.cache_latents`"
+            )
     if not cfg.data.latent_cache:
         calibrate_random(cfg, ae, geo, device)
     record = pairing_record(cfg, ae, geo, text_encoder)
@@ -401,8 +435,7 @@ def _train(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     loss_sum = 0.0
     for batch in stage_batches(cfg, geo, per_rank, env, step, end):
         lr = lr_at(cfg, run.step)
-        latents = to_latents(cfg, ae, batch.clips, device)
-        sources = to_latents(cfg, ae, batch.sources, device)
+        latents, sources = to_latents(ae, batch, device)
         loss, grad_norm = _step(
             cfg,
             model,

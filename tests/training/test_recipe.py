@@ -42,19 +42,21 @@ def test_the_tiny_recipe_prints_each_step_as_a_command_and_times_it(tiny):
     runs, out, _ = tiny
     headers = [line for line in out.splitlines() if line.startswith("[")]
     assert [h.split(":")[0] for h in headers] == [
-        "[1/6] autoencoder",
-        "[2/6] latent cache",
-        "[3/6] DiT teacher",
-        "[4/6] distillation",
-        "[5/6] bundle",
-        "[6/6] evaluation",
+        "[1/7] autoencoder",
+        "[2/7] latent cache",
+        "[3/7] mix cache",
+        "[4/7] DiT teacher",
+        "[5/7] distillation",
+        "[6/7] bundle",
+        "[7/7] evaluation",
     ]
-    assert "DiT teacher: python -m training.train " in headers[2]
-    assert "training/configs/tiny.toml --set " in headers[2]
-    assert f"data.latent_cache={runs / 'tiny' / 'latents.safetensors'}" in headers[2]
-    assert f"distill.teacher={runs / 'tiny' / 'streamdit_ema.safetensors'}" in headers[3]
+    assert "DiT teacher: python -m training.train " in headers[3]
+    assert "training/configs/tiny.toml --set " in headers[3]
+    assert f"data.latent_cache={runs / 'tiny' / 'latents.safetensors'}" in headers[3]
+    assert f"stages.1.mix_cache={runs / 'tiny' / 'latents-mix.safetensors'}" in headers[3]
+    assert f"distill.teacher={runs / 'tiny' / 'streamdit_ema.safetensors'}" in headers[4]
     table = out[out.index("wall time per step") :]
-    for title in ("autoencoder", "latent cache", "DiT teacher", "distillation", "total"):
+    for title in ("autoencoder", "latent cache", "mix cache", "DiT teacher", "total"):
         assert title in table
 
 
@@ -103,7 +105,7 @@ def test_a_second_run_resumes_without_redoing_work(tiny):
     before = [p.stat().st_mtime_ns for p in outputs]
     code, out, err, seconds = recipe("tiny", "--runs", str(runs))
     assert code == 0, err[-3000:]
-    assert out.count("skipped: up to date") == 3  # cache, bundle, evaluation
+    assert out.count("skipped: up to date") == 4  # both caches, bundle, evaluation
     assert out.count("resumed from") == 2  # the DiT and the student: nothing left to train
     assert [p.stat().st_mtime_ns for p in outputs] == before
     assert seconds < first_seconds / 2
@@ -134,14 +136,14 @@ def test_a_failing_step_stops_the_chain_with_its_exit_code(tmp_path):
     code, out, err, _ = recipe(*argv)
     assert code == 2
     assert "unknown config key 'optim.bogus'" in err
-    assert "step 1/6 (autoencoder) failed with exit code 2" in err
-    assert "[2/6]" not in out and not (tmp_path / "tiny").exists()
+    assert "step 1/7 (autoencoder) failed with exit code 2" in err
+    assert "[2/7]" not in out and not (tmp_path / "tiny").exists()
 
 
 def test_only_runs_the_named_steps(tmp_path):
     code, out, err, _ = recipe("tiny", "--runs", str(tmp_path), "--only", "pack")
-    assert [line[:5] for line in out.splitlines() if line.startswith("[")] == ["[5/6]"]
-    assert code == 2 and "does not exist" in err and "step 5/6 (bundle)" in err
+    assert [line[:5] for line in out.splitlines() if line.startswith("[")] == ["[6/7]"]
+    assert code == 2 and "does not exist" in err and "step 6/7 (bundle)" in err
 
 
 def test_the_cpu_recipe_wires_the_shipped_paths():
@@ -157,6 +159,12 @@ def test_the_cpu_recipe_wires_the_shipped_paths():
     assert "data.latent_cache=runs/cpu/latents.safetensors" in commands[Step.DIT]
     assert "distill.teacher=runs/cpu/streamdit_ema.safetensors" in commands[Step.DISTILL]
     assert "data.latent_cache=runs/cpu/latents.safetensors" in commands[Step.DISTILL]
+    # The 64 px scenes cpu.toml's last stage mixes in: the bench's data, the recipe's path.
+    assert (
+        "cpu_scenes64.toml --clips=4000 --out=runs/cpu/latents-mix.safetensors"
+        in (commands[Step.MIX_CACHE])
+    )
+    assert "stages.3.mix_cache=runs/cpu/latents-mix.safetensors" in commands[Step.DIT]
     assert (
         "model.init=runs/autoencoder-cpu/autoencoder.safetensors "
         "--set run.out_dir=runs/autoencoder-cpu-decoder" in commands[Step.DECODER]
@@ -169,6 +177,7 @@ def test_the_cpu_recipe_wires_the_shipped_paths():
     assert list(commands) == [
         Step.AUTOENCODER,
         Step.CACHE,
+        Step.MIX_CACHE,
         Step.DIT,
         Step.DECODER,
         Step.DISTILL,

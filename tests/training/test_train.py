@@ -166,7 +166,7 @@ def test_a_latent_cache_from_another_autoencoder_or_shape_is_refused(tmp_path, c
     LatentCache.build(wrong, data, lambda x: torch.zeros(len(x), 4, 2, 8, 8), 2, tag="random:tiny")
     args = [*base, "--set", f"run.out_dir={tmp_path / 'b'}", "--set", f"data.latent_cache={wrong}"]
     assert train_main(args) == 2
-    assert "error: data.latent_cache" in capsys.readouterr().err
+    assert "error: latent cache" in capsys.readouterr().err
 
 
 def test_resume_after_a_crash_does_not_duplicate_log_lines(tmp_path):
@@ -248,3 +248,64 @@ def test_a_paired_run_on_styled_footage_trains(tmp_path):
     ]
     last = train(load_config(TINY, sets))
     assert last["step"] == 2 and all(math.isfinite(x) for x in losses(tmp_path))
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1.0])
+def test_mix_draws_spread_a_stages_share_evenly(share):
+    from training.train import mix_draws
+
+    picks = [mix_draws(step + 1, share) > mix_draws(step, share) for step in range(40)]
+    assert sum(picks) == 40 * share
+    assert all(sum(picks[i : i + 4]) == 4 * share for i in range(0, 37))  # every stretch
+
+
+def test_a_stage_mixes_whole_batches_from_a_cache_of_another_size(tmp_path):
+    """Half of stage b's batches come from 32 px scenes beside the 64 px cache; a resumed
+    run reads the same batches and reaches the same losses."""
+    from training.cache_latents import main as cache_main
+    from training.distributed import DistEnv
+    from training.train import build_autoencoder, stage_batches
+
+    main, small = tmp_path / "main.safetensors", tmp_path / "small.safetensors"
+    assert cache_main([str(TINY), "--clips", "4", "--out", str(main), "--batch", "2"]) == 0
+    args = ["--clips", "4", "--out", str(small), "--batch", "2", "--set", "data.size=32"]
+    assert cache_main([str(TINY), *args]) == 0
+    stages = (
+        "stages=[{name='a', steps=2, lr=1e-3}, "
+        f"{{name='b', steps=4, lr=1e-3, mix_cache='{small}', mix_share=0.5}}]"
+    )
+    sets = [*QUIET, stages, f"data.latent_cache={main}"]
+    cfg = load_config(TINY, sets)
+    geo = geometry(cfg, build_autoencoder(cfg, torch.device("cpu")))
+    env = DistEnv(0, 1, 0, torch.device("cpu"))
+    batches = list(stage_batches(cfg, geo, 2, env, 0, 6))
+    assert [b.clips.shape[-1] for b in batches] == [8, 8, 8, 4, 8, 4]  # latent pixels
+    assert all(b.cached for b in batches)
+    resumed = list(stage_batches(cfg, geo, 2, env, 3, 6))
+    assert all(torch.equal(a.clips, b.clips) for a, b in zip(batches[3:], resumed, strict=True))
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(load_config(TINY, [*sets, f"run.out_dir={straight}"]))
+    train(load_config(TINY, [*sets, "run.max_steps=3", f"run.out_dir={split}"]))
+    train(load_config(TINY, [*sets, f"run.out_dir={split}"]))
+    assert losses(split) == losses(straight)
+
+
+@pytest.mark.parametrize(
+    "stage",
+    ["{name='a', mix_share=0.5}", "{name='a', mix_cache='x'}", "{mix_cache='x', mix_share=2}"],
+)
+def test_a_mix_needs_its_cache_and_a_share(stage):
+    with pytest.raises(ConfigError, match="mix_cache and mix_share"):
+        load_config(TINY, [f"stages=[{stage}]"])
+
+
+def test_a_missing_mix_cache_is_refused_before_training(tmp_path, capsys):
+    from training.train import main as train_main
+
+    stages = (
+        f"stages=[{{name='a', steps=2, mix_cache='{tmp_path / 'no.safetensors'}', mix_share=0.5}}]"
+    )
+    args = [str(TINY), "--set", "run.progress=false", "--set", stages]
+    assert train_main([*args, "--set", f"run.out_dir={tmp_path / 'run'}"]) == 2
+    assert "no.safetensors does not exist" in capsys.readouterr().err
