@@ -228,7 +228,7 @@ class Controls:
     )
     strength: float = _control(
         float,
-        0.25,  # one noise stage of 4 levels: every look but the sketch, ~0.25 s camera to output
+        0.25,  # one noise stage of 4 levels: the looks read (model card), ~0.25 s camera to output
         "Video mode: how far the output may drift from the input (0 keeps it, 1 ignores it).",
         low=0.0,
         high=1.0,
