@@ -266,6 +266,18 @@ def _sets(overrides: Sequence[str]) -> list[str]:
     return [arg for o in overrides for arg in ("--set", o)]
 
 
+def _cache(step: Step, config: Path, clips: int, out: Path, sets: Sequence[str], ae: Path):
+    """`training.cache_latents` of a config's data into `out`; up to date while newer than
+    the autoencoder and the config."""
+    argv = (str(_config(config)), f"--clips={clips}", f"--out={out}")
+    return Command(
+        step,
+        (*argv, *_sets([*sets, "data.latent_cache="])),
+        output=out,
+        inputs=(ae, _config(config)),
+    )
+
+
 def _mix_wiring(config: Path, overrides: Sequence[str], path: Path, cls: type) -> list[str]:
     """`stages.N.mix_cache=path` for each stage of the config that mixes in a second cache."""
     stages = load_config(_config(config), overrides, cls=cls).stages
@@ -279,6 +291,8 @@ def plan(
     extra: dict[Step, tuple[str, ...]] | None = None,
 ) -> list[Command]:
     """The commands of the recipe, in order, with their paths wired together."""
+    from training.distill import DistillConfig
+
     extra = extra or {}
 
     def mine(step: Step, *wiring: str) -> list[str]:
@@ -286,8 +300,6 @@ def plan(
 
     ae = ("autoencoder.source=checkpoint", f"autoencoder.checkpoint={paths.autoencoder}")
     dit_sets = [*profile.overrides.get(Step.DIT, ()), *ae, *extra.get(Step.DIT, ())]
-    from training.distill import DistillConfig
-
     dit_mix = _mix_wiring(profile.dit_config, dit_sets, paths.mix_cache, TrainConfig)
     distill_sets = [*profile.overrides.get(Step.DISTILL, ()), *extra.get(Step.DISTILL, ())]
     distill_mix = _mix_wiring(profile.distill_config, distill_sets, paths.mix_cache, DistillConfig)
@@ -297,17 +309,15 @@ def plan(
             raise ConfigError(
                 f"a stage mixes in a second cache but profile {profile.name} has no mix_config"
             )
+        mix_sets = [*profile.overrides.get(Step.MIX_CACHE, ()), *ae, *extra.get(Step.MIX_CACHE, ())]
         mix.append(
-            Command(
+            _cache(
                 Step.MIX_CACHE,
-                (
-                    str(_config(profile.mix_config)),
-                    f"--clips={profile.mix_clips}",
-                    f"--out={paths.mix_cache}",
-                    *mine(Step.MIX_CACHE, *ae, "data.latent_cache="),
-                ),
-                output=paths.mix_cache,
-                inputs=(paths.autoencoder, _config(profile.mix_config)),
+                profile.mix_config,
+                profile.mix_clips,
+                paths.mix_cache,
+                mix_sets,
+                paths.autoencoder,
             )
         )
     evaluated = [arg for s in profile.evaluated_sizes for arg in ("--evaluated-size", s)]
@@ -327,16 +337,13 @@ def plan(
                 *mine(Step.AUTOENCODER, f"run.out_dir={paths.autoencoder_run}"),
             ),
         ),
-        Command(
+        _cache(
             Step.CACHE,
-            (
-                str(_config(profile.dit_config)),
-                f"--clips={clips or profile.cache_clips}",
-                f"--out={paths.cache}",
-                *_sets([*dit_sets, "data.latent_cache=", *extra.get(Step.CACHE, ())]),
-            ),
-            output=paths.cache,
-            inputs=(paths.autoencoder, _config(profile.dit_config)),
+            profile.dit_config,
+            clips or profile.cache_clips,
+            paths.cache,
+            [*dit_sets, *extra.get(Step.CACHE, ())],
+            paths.autoencoder,
         ),
         *mix,
         Command(

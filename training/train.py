@@ -229,7 +229,9 @@ def mix_draws(local: int, share: float) -> int:
     return math.floor(local * share)
 
 
-def _loader(cfg: TrainConfig, data: Dataset, per_rank: int, env, start_step: int) -> Iterator:
+def _loader(
+    cfg: TrainConfig, data: Dataset, per_rank: int, env: distributed.DistEnv, start_step: int
+) -> Iterator:
     if cfg.flow.paired > 0:
         data = WithSources(data)
     return iter(
@@ -256,7 +258,7 @@ def stage_batches(
         data = build_dataset(cfg.data, geo.video_frames, geo.size, cfg.run.seed, stage.folder_path)
         if isinstance(data, LatentCache):
             check_latent_cache(cfg, data, cfg.data.latent_cache)
-        share = stage.mix_share if stage.mix_cache else 0.0
+        share = stage.mix_share  # 0 without a mix cache (config validation)
         mixed = mix_draws(local, share)
         main = _loader(cfg, data, per_rank, env, step - mixed)
         mix = None
