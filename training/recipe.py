@@ -295,28 +295,31 @@ def plan(
 
     extra = extra or {}
 
+    def overrides(step: Step, *wiring: str) -> list[str]:
+        return [*profile.overrides.get(step, ()), *wiring, *extra.get(step, ())]
+
     def mine(step: Step, *wiring: str) -> list[str]:
-        return _sets([*profile.overrides.get(step, ()), *wiring, *extra.get(step, ())])
+        return _sets(overrides(step, *wiring))
 
     ae = ("autoencoder.source=checkpoint", f"autoencoder.checkpoint={paths.autoencoder}")
-    dit_sets = [*profile.overrides.get(Step.DIT, ()), *ae, *extra.get(Step.DIT, ())]
+    dit_sets = overrides(Step.DIT, *ae)
     dit_mix = _mix_wiring(profile.dit_config, dit_sets, paths.mix_cache, TrainConfig)
-    distill_sets = [*profile.overrides.get(Step.DISTILL, ()), *extra.get(Step.DISTILL, ())]
-    distill_mix = _mix_wiring(profile.distill_config, distill_sets, paths.mix_cache, DistillConfig)
+    distill_mix = _mix_wiring(
+        profile.distill_config, overrides(Step.DISTILL), paths.mix_cache, DistillConfig
+    )
     mix = []
     if dit_mix or distill_mix:
         if profile.mix_config is None:
             raise ConfigError(
                 f"a stage mixes in a second cache but profile {profile.name} has no mix_config"
             )
-        mix_sets = [*profile.overrides.get(Step.MIX_CACHE, ()), *ae, *extra.get(Step.MIX_CACHE, ())]
         mix.append(
             _cache(
                 Step.MIX_CACHE,
                 profile.mix_config,
                 profile.mix_clips,
                 paths.mix_cache,
-                mix_sets,
+                overrides(Step.MIX_CACHE, *ae),
                 paths.autoencoder,
             )
         )
