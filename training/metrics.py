@@ -5,8 +5,11 @@ here gives a known answer on a hand-made clip (tests/training/test_evaluate.py):
 
 - colour: each pixel that is not background-like (dark and grey, as every `SyntheticScenes`
   background is) votes for the nearest palette colour; the dominant colour wins the vote.
-- motion: the centroid of the pixels of one colour, frame by frame, fitted with a line;
-  the direction is the axis of the larger travel, if that travel exceeds `min_travel`.
+- motion: the blobs of one colour, each followed from frame to frame to the nearest blob of
+  the next frame; their travel, summed over the clip, gives the axis of the larger travel
+  and its sign, if that travel exceeds `min_travel`. Following blobs, not the centroid of
+  all the colour's pixels, reads an endless stream right: an object that leaves through
+  one edge while the next enters through the other moves the centroid the wrong way.
 - structure: Pearson correlation of two clips' grey frames at low resolution (layout of
   light and dark kept), of their edge strength at low resolution (outlines kept, even
   where a look inverts or darkens the tones, as a neon glow does), and SSIM.
@@ -75,36 +78,52 @@ def dominant_color(clip: np.ndarray, palette: Mapping[str, tuple[int, int, int]]
     return best
 
 
-def centroids(clip: np.ndarray, color: str, min_pixels: int = 4) -> np.ndarray:
-    """(F, 2) centre (x, y) of `color`'s pixels as fractions of (W, H); NaN where absent."""
-    labels = color_labels(clip)
-    index = list(COLORS).index(color)
+def blobs(clip: np.ndarray, color: str, min_pixels: int = 4) -> list[np.ndarray]:
+    """Per frame, the (N, 3) blobs of `color`'s pixels: centre x, y as fractions of (W, H),
+    and area in pixels; blobs under `min_pixels` are noise and left out."""
+    labels = color_labels(clip) == list(COLORS).index(color)
     _, height, width = labels.shape
-    out = np.full((labels.shape[0], 2), np.nan)
-    for f, frame in enumerate(labels):
-        ys, xs = np.nonzero(frame == index)
-        if len(xs) >= min_pixels:
-            out[f] = ((xs.mean() + 0.5) / width, (ys.mean() + 0.5) / height)
+    out = []
+    for frame in labels.astype(np.uint8):
+        count, _, stats, centres = cv2.connectedComponentsWithStats(frame)
+        area = stats[1:count, cv2.CC_STAT_AREA]  # label 0 is everything else
+        keep = area >= min_pixels
+        centre = (centres[1:count][keep] + 0.5) / (width, height)
+        out.append(np.column_stack([centre, area[keep]]))
     return out
 
 
+def travel(clip: np.ndarray, color: str, reach: float = 0.15) -> np.ndarray:
+    """(2,) how far `color`'s objects move over the clip, (x, y) in fractions of (W, H): per
+    pair of frames, every blob steps to the nearest blob of the next frame (those further
+    than `reach` have left or just entered, and do not count), the steps averaged weighted
+    by area; the pairs' steps summed."""
+    total = np.zeros(2)
+    tracked = blobs(clip, color)
+    for now, after in zip(tracked[:-1], tracked[1:], strict=True):
+        if not len(now) or not len(after):
+            continue
+        steps = after[None, :, :2] - now[:, None, :2]  # (N now, N after, 2)
+        nearest = np.linalg.norm(steps, axis=-1).argmin(1)  # (N now,)
+        step = steps[np.arange(len(now)), nearest]  # (N now, 2)
+        near = np.linalg.norm(step, axis=-1) < reach
+        if near.any():
+            total += np.average(step[near], axis=0, weights=now[near, 2])
+    return total
+
+
 def motion_direction(clip: np.ndarray, color: str | None = None, min_travel: float = 0.03):
-    """Where `color`'s pixels (default: the dominant colour's) travel over the clip: "left",
-    "right", "up" or "down", from a line fitted to their centroids; None when they travel
-    less than `min_travel` of the frame, or are not found in two frames."""
+    """Which way `color`'s objects (default: the dominant colour's) move over the clip:
+    "left", "right", "up" or "down", the axis of their larger `travel` and its sign; None when
+    they travel less than `min_travel` of the frame, or are not found in two frames."""
     color = color or dominant_color(clip)
     if color is None:
         return None
-    track = centroids(clip, color)
-    frames = np.nonzero(~np.isnan(track[:, 0]))[0]
-    if len(frames) < 2:
+    moved = travel(clip, color)
+    axis = int(abs(moved[1]) > abs(moved[0]))
+    if abs(moved[axis]) < min_travel:
         return None
-    span = len(clip) - 1
-    travel = [np.polyfit(frames, track[frames, axis], 1)[0] * span for axis in (0, 1)]
-    axis = int(abs(travel[1]) > abs(travel[0]))
-    if abs(travel[axis]) < min_travel:
-        return None
-    sign = int(math.copysign(1, travel[axis]))
+    sign = int(math.copysign(1, moved[axis]))
     return DIRECTIONS[(sign, 0) if axis == 0 else (0, sign)]
 
 

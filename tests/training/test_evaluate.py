@@ -92,6 +92,24 @@ def test_text_scores_tell_the_axis_from_the_sign(step, direction_ok, axis_ok):
     assert accuracy([entry, entry])["axis_accuracy"] == float(axis_ok)
 
 
+def exit_and_entry_clip(frames=12, step=3):
+    """Two blue squares moving up `step` pixels per frame: one leaves through the top edge
+    while the next enters through the bottom, as an endless stream shows it."""
+    clip = np.zeros((frames, SIZE, SIZE, 3), np.uint8)
+    for f in range(frames):
+        for top in (8 - step * f, SIZE + 4 - step * f):
+            clip[f, max(top, 0) : max(top + 12, 0), 26:38] = COLORS["blue"]
+    return clip
+
+
+def test_objects_leaving_and_entering_read_the_way_they_move():
+    clip = exit_and_entry_clip()
+    ys = [np.nonzero(frame[..., 2])[0].mean() for frame in clip]
+    assert ys[-1] > ys[0] + 20  # the colour's centroid moves down the frame ...
+    assert metrics.motion_direction(clip) == "up"  # ... while every square moves up
+    assert metrics.motion_direction(clip[::-1]) == "down"
+
+
 def test_a_static_clip_has_no_motion():
     assert metrics.motion_direction(square_clip(step=(0, 0))) is None
 
