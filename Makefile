@@ -26,6 +26,8 @@ $(VENV)/.installed: pyproject.toml $(SPEC_STAMP)
 	$(PY) -m pip install "$(TORCH_SPEC)"
 	@echo "==> streamdit-live with the train, test and dev extras"
 	$(PY) -m pip install -e ".[train,test,dev]" "$(TORCH_SPEC)"
+	@echo "==> The CPU attention kernel, compiled once (where it cannot be, torch's path runs)"
+	$(PY) -m model.kernels
 	touch $@
 
 install: $(VENV)/.installed

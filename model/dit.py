@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from model import kernels
 from model.attention import (
     WindowLayout,
     attention_as_matmuls,
@@ -196,6 +197,10 @@ class SelfAttention(Attention):
         # "rms_norm_across_heads"), then heads split and both rotate in one pass.
         qk = qk_norm_pair(qk.unflatten(-1, (2, d)), self.norm_q, self.norm_k)
         qk = rotate(qk.view(b, -1, 2 * heads[0], heads[1]), layout.cos, layout.sin)
+        if not full:  # bf16 on a CPU with AVX-512 BF16: the compiled kernel, else None
+            fused = kernels.window_attention(qk, v, layout.mask, layout.plan.window_tokens)
+            if fused is not None:  # (B, nW*Lw, D)
+                return linear(to_token_order(fused, layout), self.o.weight, self.o.bias)
         q, k = qk.unflatten(2, (2, heads[0])).unbind(2)  # (B, nW*Lw, Nh, Dh), strided views
         out = window_attention(q, k, v.unflatten(-1, heads), layout)  # (B, nW*Lw, D)
         return linear(out if full else to_token_order(out, layout), self.o.weight, self.o.bias)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from model import PartitionScheme, StreamBuffer, StreamDiTConfig, StreamMode, blend
+from model.memory import keep_freed_memory
 from model.partition import stream_scheme
 from streamdit_live.controls import (
     CONTROLS,
@@ -45,7 +46,7 @@ from streamdit_live.controls import (
 )
 from streamdit_live.frames import frames_to_tensor, tensor_to_frames
 from streamdit_live.metrics import StageTimes
-from streamdit_live.models import Models, keep_freed_memory
+from streamdit_live.models import Models
 from streamdit_live.models import build_models as build_models  # re-exported
 from streamdit_live.models import cpu_threads as cpu_threads  # re-exported
 from streamdit_live.models import pick_device as pick_device  # re-exported

@@ -20,10 +20,8 @@ size (`tiny`, `4b`) or `--random-weights` runs random weights, with the usual no
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from model import (
     TextEncoder,
     TextEncoderProtocol,
     VideoAutoencoder,
+    kernels,
 )
 from model.bundle import (
     BUNDLE_KIND,
@@ -168,29 +167,6 @@ def cpu_threads(requested: int | None, cores: int | None) -> int:
             raise ValueError(f"--threads must be at least 1, got {requested}.")
         return requested
     return max(1, (cores or 1) - 1)
-
-
-# glibc's mallopt parameters: freed memory stays in the heap below these sizes.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit systems
-_TRIM_THRESHOLD = 1 << 30
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the
-    kernel after every model call. By default each call's activations (a few MB each) are
-    mapped fresh and unmapped again: measured on the `cpu` model in bf16, one thread, 8,500
-    page faults and ~25 ms of a ~125 ms call; with this, 13 faults and ~100 ms. Process-wide;
-    True where it took effect (Linux with glibc), False elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # musl and other C libraries: nothing to tune
-        return False
-    mmap = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
-    trim = libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-    return bool(mmap and trim)
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -390,6 +366,8 @@ def build_models(
             dit = StreamDiT(CONFIGS[model])
             ae = VideoAutoencoder(AE_CONFIGS[model])
     dit = dit.to(dtype or pick_dtype(device, dit.cfg))
+    if device.type == "cpu" and next(dit.parameters()).dtype == torch.bfloat16:
+        kernels.load()  # compiled the first time (~15 s): now, rather than at the first frame
     ae = ae.set_compute_dtype(codec_dtype or pick_codec_dtype(device))
     text = text or TextEncoder(max_length=dit.cfg.text_len, device=device)
     if text.dim != dit.cfg.text_dim:

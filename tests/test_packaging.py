@@ -61,7 +61,7 @@ def _repo_files(*patterns: str) -> set[str]:
 
 def test_the_wheel_holds_every_module_config_and_shipped_preset(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    missing = _repo_files("*.py", "*.toml") - names
+    missing = _repo_files("*.py", "*.toml", "*.cpp") - names
     assert not missing, f"left out of the wheel: {sorted(missing)}"
     with zipfile.ZipFile(wheel) as zf:
         for name in PRESET_NAMES:
