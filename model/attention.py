@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from model import kernels
+
 Grid = tuple[int, int, int]
 RopeTables = tuple[Tensor, Tensor]  # cos, sin: (L, Dh/2) each
 
@@ -171,6 +173,20 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, layout: WindowLayout) -> T
 
     out = F.scaled_dot_product_attention(windows(q), windows(k), windows(v), attn_mask=layout.mask)
     return out.transpose(1, 2).reshape(b, slots, nh * dh)  # (B*nW, Nh, Lw, Dh) -> (B, nW*Lw, D)
+
+
+def window_attention_kernel(qk: Tensor, v: Tensor, layout: WindowLayout) -> Tensor | None:
+    """Window attention by the compiled CPU kernel (`model.kernels`), or None where it does
+    not apply (then `window_attention` runs). qk (B, nW*Lw, 2*Nh, Dh) the rotated queries
+    then keys, v (B, nW*Lw, Nh*Dh), both in window order -> (B, nW*Lw, Nh*Dh), window order.
+    """
+    b, _, nh2, dh = qk.shape
+    nw, lw = layout.plan.num_windows, layout.plan.window_tokens
+    q, k = qk.view(b * nw, lw, nh2, dh).chunk(2, dim=2)  # (B*nW, Lw, Nh, Dh) views
+    v = v.view(b * nw, lw, nh2 // 2, dh)  # a view: v's rows may be strided, channels not
+    mask = None if layout.mask is None else layout.mask.view(b * nw, lw, lw)
+    out = kernels.attention(q, k, v, mask)  # (B*nW, Lw, Nh*Dh)
+    return None if out is None else out.view(b, nw * lw, -1)
 
 
 def attention_as_matmuls(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:

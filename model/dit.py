@@ -29,6 +29,7 @@ from model.attention import (
     to_token_order,
     to_window_order,
     window_attention,
+    window_attention_kernel,
     window_layout,
 )
 from model.config import Prediction, StreamDiTConfig, TimeInput
@@ -182,9 +183,23 @@ class Attention(nn.Module):
 
 
 class SelfAttention(Attention):
+    def norm_rotate(self, qk: Tensor, layout: WindowLayout) -> Tensor:
+        """q and k (B, nW*Lw, 2, D) RMS-normed, then rotated by `layout`'s tables -> (B,
+        nW*Lw, 2*Nh, Dh): the compiled kernel's one pass where it applies, else torch's ops."""
+        heads = (*qk.shape[:2], 2 * self.heads, qk.shape[-1] // self.heads)
+        norms = (self.norm_q, self.norm_k)
+        if all(isinstance(n, nn.RMSNorm) for n in norms) and norms[0].eps == norms[1].eps:
+            eps = torch.finfo(qk.dtype).eps if norms[0].eps is None else norms[0].eps
+            weight = torch.stack([n.weight for n in norms])  # (2, D)
+            fused = kernels.norm_rotate(qk, weight, eps, layout.cos, layout.sin)
+            if fused is not None:
+                return fused.view(heads)
+        qk = qk_norm_pair(qk, self.norm_q, self.norm_k)
+        return rotate(qk.view(heads), layout.cos, layout.sin)
+
     def forward(self, x: Tensor, layout: WindowLayout) -> Tensor:
         """x (B, L, D) -> (B, L, D): attention within the windows of `layout`."""
-        b, d = x.shape[0], x.shape[-1]
+        d = x.shape[-1]
         # One window over the whole grid, unmasked: window order is token order (full
         # attention, Wan's), so both gathers are skipped.
         full = layout.mask is None and layout.plan.num_windows == 1
@@ -195,12 +210,11 @@ class SelfAttention(Attention):
         heads = (self.heads, d // self.heads)  # D -> (Nh, Dh)
         # q and k together, (B, nW*Lw, 2, D): the norms see all heads at once (Wan's
         # "rms_norm_across_heads"), then heads split and both rotate in one pass.
-        qk = qk_norm_pair(qk.unflatten(-1, (2, d)), self.norm_q, self.norm_k)
-        qk = rotate(qk.view(b, -1, 2 * heads[0], heads[1]), layout.cos, layout.sin)
-        if not full:  # bf16 on a CPU with AVX-512 BF16: the compiled kernel, else None
-            fused = kernels.window_attention(qk, v, layout.mask, layout.plan.window_tokens)
-            if fused is not None:  # (B, nW*Lw, D)
-                return linear(to_token_order(fused, layout), self.o.weight, self.o.bias)
+        qk = self.norm_rotate(qk.unflatten(-1, (2, d)), layout)  # (B, nW*Lw, 2*Nh, Dh)
+        # bf16 on a CPU with AVX-512 BF16: the compiled kernel; elsewhere None, and SDPA.
+        fused = None if full else window_attention_kernel(qk, v, layout)  # (B, nW*Lw, D)
+        if fused is not None:
+            return linear(to_token_order(fused, layout), self.o.weight, self.o.bias)
         q, k = qk.unflatten(2, (2, heads[0])).unbind(2)  # (B, nW*Lw, Nh, Dh), strided views
         out = window_attention(q, k, v.unflatten(-1, heads), layout)  # (B, nW*Lw, D)
         return linear(out if full else to_token_order(out, layout), self.o.weight, self.o.bias)
@@ -211,11 +225,14 @@ class CrossAttention(Attention):
         """x (B, L, D), context (B, Lc, D), mask (B, 1, 1, Lc) additive or None -> (B, L, D)."""
         b, d = x.shape[0], x.shape[-1]
         heads = (b, -1, self.heads, d // self.heads)  # (B, L, D) -> (B, L, Nh, Dh)
-        q = qk_norm(linear(x, self.q.weight, self.q.bias), self.norm_q)
-        q = q.view(heads).transpose(1, 2)  # (B, Nh, L, Dh)
+        q = qk_norm(linear(x, self.q.weight, self.q.bias), self.norm_q).view(heads)
         k, v = self.fused(context, self.k, self.v).chunk(2, dim=-1)  # (B, Lc, D) each
-        k = qk_norm(k, self.norm_k).view(heads).transpose(1, 2)  # (B, Nh, Lc, Dh)
-        v = v.unflatten(-1, heads[2:]).transpose(1, 2)
+        k, v = qk_norm(k, self.norm_k).view(heads), v.view(heads)  # (B, Lc, Nh, Dh)
+        # bf16 on a CPU with AVX-512 BF16: the compiled kernel; elsewhere None.
+        fused = kernels.attention(q, k, v, None if mask is None else mask[:, 0])  # (B, L, D)
+        if fused is not None:
+            return linear(fused, self.o.weight, self.o.bias)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, Nh, L or Lc, Dh)
         if few_keys_as_matmuls(q):
             out = attention_as_matmuls(q, k, v, mask)  # (B, Nh, L, Dh)
         else:

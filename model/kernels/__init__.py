@@ -1,11 +1,12 @@
 """Hand-written CPU kernels, compiled on first use by torch's C++ extension builder.
 
-`window_attention` is StreamDiT's window self-attention in bf16 for CPUs with AVX-512 BF16
-(AMD Zen 4 and later, Intel Cooper Lake and Sapphire Rapids and later). Per window and head
-it keeps the scores of four query rows at a time in the L1 cache, from the dot products
-through the softmax to the weighted values (window_attention.cpp); SDPA's CPU kernel cuts
-each small window into blocks and spends most of its time between them. On the `cpu` model
-it is 2.5-3x faster than SDPA per layer (docs/PERFORMANCE.md).
+`attention` is multi-head attention in bf16 for CPUs with AVX-512 BF16 (AMD Zen 4 and
+later, Intel Cooper Lake and Sapphire Rapids and later), for StreamDiT's window
+self-attention and text cross-attention. Per group (window or sample) and head it keeps the
+scores of four query rows at a time in the L1 cache, from the dot products through the
+softmax to the weighted values (attention.cpp); SDPA's CPU kernel cuts each small window
+into blocks and spends most of its time between them. On the `cpu` model it is 2.5-3x
+faster than SDPA per layer (docs/PERFORMANCE.md).
 
 Building takes ~10 s once and needs a C++ compiler and ninja; torch keeps the library in
 its extensions cache (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR) and rebuilds it
@@ -22,8 +23,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -31,11 +32,11 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 ENV = "STREAMDIT_KERNELS"  # "0" keeps torch's ops
-SOURCE = Path(__file__).with_name("window_attention.cpp")
+SOURCE = Path(__file__).with_name("attention.cpp")
 FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]
 FLAGS += ["-mavx512bf16", "-mfma"]
-# The kernel's tiles: windows of a multiple of 64 tokens, heads of a multiple of 32 channels.
-WINDOW_MULTIPLE, HEAD_MULTIPLE = 64, 32
+# The kernel's tiles: queries by 4, head channels by 32 (keys are padded inside).
+QUERY_MULTIPLE, HEAD_MULTIPLE = 4, 32
 
 
 def unavailable() -> str | None:
@@ -48,9 +49,9 @@ def unavailable() -> str | None:
 
 
 @functools.cache
-def load() -> Callable[..., Tensor] | None:
-    """torch.ops.streamdit.window_attention, built the first time; None when it cannot run
-    here (the reason is logged once)."""
+def load() -> Any:
+    """The kernels' ops (torch.ops.streamdit: `attention`, `norm_rotate`), built the first
+    time; None when they cannot run here (the reason is logged once)."""
     reason = unavailable()
     if reason is not None:
         log.info("CPU attention kernel off: %s.", reason)
@@ -72,16 +73,16 @@ def load() -> Callable[..., Tensor] | None:
         log.warning("CPU attention kernel unavailable (%s); attention runs on torch's SDPA.", first)
         return None
     log.info("CPU attention kernel ready in %.1f s.", time.perf_counter() - start)
-    return torch.ops.streamdit.window_attention
+    return torch.ops.streamdit
 
 
-def fits(device: torch.device, dtype: torch.dtype, window_tokens: int, head_dim: int) -> bool:
-    """Whether windows of `window_tokens` and heads of `head_dim` in `dtype` on `device` are
-    the kernel's kind (bf16 on a CPU, windows of a multiple of 64 tokens, heads of 32)."""
+def fits(device: torch.device, dtype: torch.dtype, queries: int, head_dim: int) -> bool:
+    """Whether `queries` per group and heads of `head_dim` in `dtype` on `device` are the
+    kernel's kind: bf16 on a CPU, a multiple of 4 queries, heads of a multiple of 32."""
     return (
         device.type == "cpu"
         and dtype == torch.bfloat16
-        and window_tokens % WINDOW_MULTIPLE == 0
+        and queries % QUERY_MULTIPLE == 0
         and head_dim % HEAD_MULTIPLE == 0
     )
 
@@ -95,29 +96,45 @@ def _find_ninja() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
-def window_attention(
-    qk: Tensor, v: Tensor, mask: Tensor | None, window_tokens: int
-) -> Tensor | None:
-    """Window attention by the compiled kernel, or None where it does not apply (then the
-    caller takes torch's path): bf16 CPU inference outside autograd, autocast and
-    torch.compile, windows of a multiple of 64 tokens and heads of a multiple of 32.
-
-    qk (B, nW*Lw, 2*Nh, Dh) the rotated queries then keys in window order (contiguous),
-    v (B, nW*Lw, Nh*Dh) (rows may be strided), mask (B*nW, 1, Lw, Lw) additive or None
-    -> (B, nW*Lw, Nh*Dh) in window order.
-    """
-    dh = qk.shape[-1]
-    applies = (
-        fits(qk.device, qk.dtype, window_tokens, dh)
+def _inference(x: Tensor) -> bool:
+    """bf16 on a CPU outside autograd, autocast and torch.compile: where the kernels run."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.bfloat16
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
-        and qk.is_contiguous()
     )
-    kernel = load() if applies else None
-    if kernel is None:
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor | None:
+    """softmax(q k^T / sqrt(Dh) + mask) v by the compiled kernel, or None where it does not
+    apply (then the caller takes torch's path): bf16 CPU inference, a multiple of 4 queries,
+    heads of a multiple of 32.
+
+    q (G, Lq, Nh, Dh), k and v (G, Lk, Nh, Dh) for G independent groups (windows, samples),
+    strided views welcome but channels contiguous; mask (G, Lq or 1, Lk) additive or None
+    -> (G, Lq, Nh*Dh).
+    """
+    ops = load() if _inference(q) and fits(q.device, q.dtype, q.shape[1], q.shape[-1]) else None
+    if ops is None:
         return None
-    return kernel(qk, v, qk.new_empty(0) if mask is None else mask, window_tokens, dh**-0.5)
+    return ops.attention(q, k, v, q.new_empty(0) if mask is None else mask, q.shape[-1] ** -0.5)
+
+
+def norm_rotate(qk: Tensor, weight: Tensor, eps: float, cos: Tensor, sin: Tensor) -> Tensor | None:
+    """Queries and keys RMS-normalized over all heads, scaled by `weight` and rotated, in one
+    pass (model.dit.qk_norm_pair, then model.attention.rotate), or None where the kernel
+    does not apply: bf16 CPU inference, heads of a multiple of 16.
+
+    qk (B, S, 2, D) (rows may be strided), weight (2, D), cos and sin (S, 1, Dh) from
+    `rope_rotation` -> (B, S, 2, D), rounded to bf16 once.
+    """
+    d, dh = qk.shape[-1], cos.shape[-1]
+    ops = load() if _inference(qk) and d % 16 == 0 and dh % 16 == 0 else None
+    if ops is None:
+        return None
+    return ops.norm_rotate(qk, weight, eps, cos, sin)
 
 
 def main() -> int:

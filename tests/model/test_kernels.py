@@ -1,4 +1,5 @@
 import math
+from types import SimpleNamespace
 
 import attention_reference as reference
 import pytest
@@ -7,18 +8,22 @@ import torch
 from model import CONFIGS, StreamDiT, kernels
 from model.attention import (
     plan_windows,
+    rope_rotation,
     rope_tables,
+    rotate,
     to_token_order,
     to_window_order,
+    window_attention_kernel,
     window_layout,
     window_mask,
 )
+from model.dit import qk_norm_pair
 
 
 @pytest.fixture(scope="module")
 def kernel():
-    """The compiled kernel; the tests skip on machines where it cannot run (no AVX-512 BF16
-    or no C++ compiler), as the model then keeps torch's path."""
+    """The compiled ops; the tests skip on machines where they cannot run (no AVX-512 BF16 or
+    no C++ compiler), as the model then keeps torch's path."""
     if kernels.load() is None:
         pytest.skip(f"CPU attention kernel unavailable: {kernels.unavailable() or 'no build'}")
     return kernels.load()
@@ -53,8 +58,7 @@ def test_window_kernel_equals_the_reference_attention(
 ):
     (q, k, v), plan, layout, qk, v_rows = _windows(grid, window, shifted, batch, heads, head_dim)
     with torch.inference_mode():
-        out = kernels.window_attention(qk, v_rows, layout.mask, plan.window_tokens)
-        got = to_token_order(out, layout).float()
+        got = to_token_order(window_attention_kernel(qk, v_rows, layout), layout).float()
     want = reference.window_attention(
         q.float(), k.float(), v.float(), plan, window_mask(plan, "cpu")
     )
@@ -63,21 +67,68 @@ def test_window_kernel_equals_the_reference_attention(
     assert (got - want).abs().max() < 3e-2 * want.abs().max()
 
 
-def test_window_kernel_applies_only_where_it_can(kernel, monkeypatch):
-    _, plan, layout, qk, v_rows = _windows((4, 8, 16), (2, 4, 8), False, 1, 4, 32)
-    lw = plan.window_tokens
+@pytest.mark.parametrize("keys", [7, 77, 64])  # padded inside to 16, 80; a whole tile
+def test_kernel_attends_to_few_keys_with_a_padding_mask_as_sdpa(kernel, keys):
+    """The text cross-attention: many queries, a few keys, one mask row per sample."""
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 96, 4, 32, generator=g).bfloat16()
+    k, v = (3 * torch.randn(2, keys, 4, 32, generator=g).bfloat16() for _ in "kv")
+    keep = torch.ones(2, keys, dtype=torch.bool)
+    keep[1, keys // 2 :] = False  # sample 1 has padding
+    mask = torch.zeros(2, 1, keys).masked_fill(~keep[:, None], float("-inf")).bfloat16()
     with torch.inference_mode():
-        assert kernels.window_attention(qk, v_rows, None, lw) is not None
-        assert kernels.window_attention(qk.float(), v_rows.float(), None, lw) is None  # fp32
-        assert kernels.window_attention(qk[:, :32], v_rows[:, :32], None, 32) is None  # 32 tokens
-    assert kernels.window_attention(qk, v_rows, None, lw) is None  # autograd on: torch's path
+        got = kernels.attention(q, k, v, mask).float()
+    want = torch.nn.functional.scaled_dot_product_attention(
+        *(t.float().transpose(1, 2) for t in (q, k, v)), attn_mask=mask.float()[:, None]
+    )  # (B, Nh, Lq, Dh)
+    want = want.transpose(1, 2).flatten(2)
+    assert (got - want).norm() < 1e-2 * want.norm()
+    v_pad = v.clone()
+    v_pad[1, keys // 2 :] = 100.0  # masked keys' values never reach the output
+    with torch.inference_mode():
+        assert torch.equal(kernels.attention(q, k, v_pad, mask).float(), got)
+
+
+def test_norm_rotate_equals_the_norms_then_the_rotation(kernel):
+    """One pass over the strided q/k slice of the fused projection: RMS norm across heads,
+    the weights, the rotary tables; torch's ops round after each step, the kernel once."""
+    grid, heads, dh = (4, 8, 8), 4, 32
+    d = heads * dh
+    g = torch.Generator().manual_seed(3)
+    qkv = (2 * torch.randn(2, math.prod(grid), 3 * d, generator=g)).bfloat16()
+    qk = qkv[..., : 2 * d].unflatten(-1, (2, d))  # (B, S, 2, D), rows 3D apart
+    norms = [torch.nn.RMSNorm(d, eps=1e-6) for _ in "qk"]
+    with torch.no_grad():
+        for n in norms:
+            n.weight.copy_(1 + 0.3 * torch.randn(d, generator=g))
+    norms = [n.bfloat16() for n in norms]
+    cos, sin = (t.bfloat16() for t in rope_rotation(rope_tables(grid, dh, 1e4, "cpu")))
+    weight = torch.stack([n.weight for n in norms])
+    with torch.inference_mode():
+        got = kernels.norm_rotate(qk, weight, 1e-6, cos, sin).float()
+        want = rotate(qk_norm_pair(qk, *norms).flatten(-2).unflatten(-1, (2 * heads, dh)), cos, sin)
+    want = want.float().flatten(-2).unflatten(-1, (2, d))
+    assert got.shape == want.shape == (2, math.prod(grid), 2, d)
+    assert (got - want).abs().max() < 2e-2 * want.abs().max()
+    assert (got - want).norm() < 5e-3 * want.norm()  # torch's own bf16 roundings
+
+
+def test_kernel_applies_only_where_it_can(kernel, monkeypatch):
+    q = torch.randn(1, 64, 2, 32).bfloat16()
+    with torch.inference_mode():
+        assert kernels.attention(q, q, q, None) is not None
+        assert kernels.attention(q.float(), q.float(), q.float(), None) is None  # fp32
+        assert kernels.attention(q[:, :62], q, q, None) is None  # not a multiple of 4 queries
+        narrow = q[..., :16]
+        assert kernels.attention(narrow, narrow, narrow, None) is None  # heads of 16
+    assert kernels.attention(q, q, q, None) is None  # autograd on: torch's path
     monkeypatch.setenv(kernels.ENV, "0")
     assert kernels.unavailable() == f"{kernels.ENV}=0 in the environment"
 
 
 def test_model_in_bf16_runs_the_kernel_and_matches_torchs_path(kernel, monkeypatch):
-    """The `cpu` size in bf16 takes the kernel in every block, and its output matches the
-    SDPA path's (same weights and inputs) to bf16 rounding."""
+    """The `cpu` size in bf16 takes the kernel for the windows and the text in every block,
+    and its output matches torch's path (same weights and inputs) to bf16 rounding."""
     cfg = CONFIGS["cpu"]
     torch.manual_seed(0)
     net = StreamDiT(cfg).eval()
@@ -90,14 +141,16 @@ def test_model_in_bf16_runs_the_kernel_and_matches_torchs_path(kernel, monkeypat
     t, text = torch.rand(1, 4, generator=g), torch.randn(1, 7, cfg.text_dim, generator=g)
     calls = []
 
-    def counted(*args):
-        calls.append(args[3])
-        return kernel(*args)
+    def counted(q, k, v, mask, scale):
+        calls.append((q.shape[1], k.shape[1]))  # (queries, keys) per group
+        return kernel.attention(q, k, v, mask, scale)
 
-    monkeypatch.setattr(kernels, "load", lambda: counted)
+    ops = SimpleNamespace(attention=counted, norm_rotate=kernel.norm_rotate)
+    monkeypatch.setattr(kernels, "load", lambda: ops)
     with torch.inference_mode():
         fused = net(x, t, text.bfloat16()).float()
-    assert calls == [math.prod(cfg.window)] * cfg.depth
+    windows, cross = (math.prod(cfg.window),) * 2, (4 * 16 * 16, 7)
+    assert calls == [windows, cross] * cfg.depth
     monkeypatch.setattr(kernels, "load", lambda: None)
     with torch.inference_mode():
         sdpa = net(x, t, text.bfloat16()).float()
