@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml $(SPEC_STAMP)
 	$(PY) -m pip install "$(TORCH_SPEC)"
 	@echo "==> streamdit-live with the train, test and dev extras"
 	$(PY) -m pip install -e ".[train,test,dev]" "$(TORCH_SPEC)"
-	@echo "==> The CPU attention kernel, compiled once (where it cannot be, torch's path runs)"
+	@echo "==> The CPU kernels, compiled once (where they cannot be, torch's ops run)"
 	$(PY) -m model.kernels
 	touch $@
 

@@ -1,12 +1,14 @@
-"""Hand-written CPU kernels, compiled on first use by torch's C++ extension builder.
+"""Hand-written CPU kernels (kernels.cpp), compiled on first use by torch's C++ extension
+builder, for bf16 on CPUs with AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake and
+Sapphire Rapids and later):
 
-`attention` is multi-head attention in bf16 for CPUs with AVX-512 BF16 (AMD Zen 4 and
-later, Intel Cooper Lake and Sapphire Rapids and later), for StreamDiT's window
-self-attention and text cross-attention. Per group (window or sample) and head it keeps the
-scores of four query rows at a time in the L1 cache, from the dot products through the
-softmax to the weighted values (attention.cpp); SDPA's CPU kernel cuts each small window
-into blocks and spends most of its time between them. On the `cpu` model it is 2.5-3x
-faster than SDPA per layer (docs/PERFORMANCE.md).
+- `attention`: multi-head attention for StreamDiT's window self-attention and text
+  cross-attention. Per group (window or sample) and head it keeps the scores of four query
+  rows at a time in the L1 cache, from the dot products through the softmax to the weighted
+  values; SDPA's CPU kernel cuts each small window into blocks and spends most of its time
+  between them (2-2.5x faster per layer on the `cpu` model, docs/PERFORMANCE.md).
+- `norm_rotate`: the q/k RMS norm and rotary rotation in one pass.
+- `layer_norm_modulate`: adaLN's LayerNorm and per-frame scale and shift in one pass.
 
 Building takes ~10 s once and needs a C++ compiler and ninja; torch keeps the library in
 its extensions cache (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR) and rebuilds it
@@ -32,7 +34,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 ENV = "STREAMDIT_KERNELS"  # "0" keeps torch's ops
-SOURCE = Path(__file__).with_name("attention.cpp")
+SOURCE = Path(__file__).with_name("kernels.cpp")
 FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]
 FLAGS += ["-mavx512bf16", "-mfma"]
 # The kernel's tiles: queries by 4, head channels by 32 (keys are padded inside).
@@ -50,11 +52,12 @@ def unavailable() -> str | None:
 
 @functools.cache
 def load() -> Any:
-    """The kernels' ops (torch.ops.streamdit: `attention`, `norm_rotate`), built the first
-    time; None when they cannot run here (the reason is logged once)."""
+    """The kernels' ops (torch.ops.streamdit: `attention`, `norm_rotate`,
+    `layer_norm_modulate`), built the first time; None when they cannot run here (the reason
+    is logged once)."""
     reason = unavailable()
     if reason is not None:
-        log.info("CPU attention kernel off: %s.", reason)
+        log.info("CPU kernels off: %s.", reason)
         return None
     from torch.utils.cpp_extension import load as build
 
@@ -70,9 +73,9 @@ def load() -> Any:
         )
     except Exception as error:  # no compiler, no ninja, a failed build: keep torch's path
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        log.warning("CPU attention kernel unavailable (%s); attention runs on torch's SDPA.", first)
+        log.warning("CPU kernels unavailable (%s); the model runs torch's ops.", first)
         return None
-    log.info("CPU attention kernel ready in %.1f s.", time.perf_counter() - start)
+    log.info("CPU kernels ready in %.1f s.", time.perf_counter() - start)
     return torch.ops.streamdit
 
 
@@ -122,19 +125,38 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor | 
     return ops.attention(q, k, v, q.new_empty(0) if mask is None else mask, q.shape[-1] ** -0.5)
 
 
-def norm_rotate(qk: Tensor, weight: Tensor, eps: float, cos: Tensor, sin: Tensor) -> Tensor | None:
-    """Queries and keys RMS-normalized over all heads, scaled by `weight` and rotated, in one
-    pass (model.dit.qk_norm_pair, then model.attention.rotate), or None where the kernel
-    does not apply: bf16 CPU inference, heads of a multiple of 16.
+def norm_rotate(
+    x: Tensor, weight: Tensor, eps: float, cos: Tensor | None = None, sin: Tensor | None = None
+) -> Tensor | None:
+    """RMS norm over the last dim, scaled by `weight`, then rotated by the rotary tables when
+    given, in one pass (model.dit.qk_norm_pair, then model.attention.rotate), or None where
+    the kernel does not apply: bf16 CPU inference, heads of a multiple of 16.
 
-    qk (B, S, 2, D) (rows may be strided), weight (2, D), cos and sin (S, 1, Dh) from
-    `rope_rotation` -> (B, S, 2, D), rounded to bf16 once.
+    x (B, S, N, D) (rows may be strided; N = 2 for q and k of the fused projection),
+    weight (N, D), cos and sin (S, 1, Dh) from `rope_rotation` -> (B, S, N, D), rounded to
+    bf16 once.
     """
-    d, dh = qk.shape[-1], cos.shape[-1]
-    ops = load() if _inference(qk) and d % 16 == 0 and dh % 16 == 0 else None
+    d, dh = x.shape[-1], x.shape[-1] if cos is None else cos.shape[-1]
+    ops = load() if _inference(x) and d % 16 == 0 and dh % 16 == 0 else None
     if ops is None:
         return None
-    return ops.norm_rotate(qk, weight, eps, cos, sin)
+    none = x.new_empty(0)
+    return ops.norm_rotate(
+        x, weight, eps, none if cos is None else cos, none if sin is None else sin
+    )
+
+
+def layer_norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> Tensor | None:
+    """adaLN in one pass: LayerNorm without weights, then x * (1 + scale) + shift per frame
+    (model.dit.modulate), or None where the kernel does not apply: bf16 CPU inference, a
+    width of a multiple of 16.
+
+    x (B, L, D), L = F * tokens per frame; shift and scale (B, F, D) -> (B, L, D).
+    """
+    ops = load() if _inference(x) and x.shape[-1] % 16 == 0 else None
+    if ops is None:
+        return None
+    return ops.layer_norm_modulate(x.contiguous(), shift, scale, eps)
 
 
 def main() -> int:
@@ -142,7 +164,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # a failed build's error
     start = time.perf_counter()
     if load() is None:
-        print(f"CPU attention kernel: off ({unavailable() or 'did not build'}); torch's path runs.")
+        print(f"CPU kernels: off ({unavailable() or 'did not build'}); torch's ops run instead.")
     else:
-        print(f"CPU attention kernel: ready ({time.perf_counter() - start:.1f} s).")
+        print(f"CPU kernels: ready ({time.perf_counter() - start:.1f} s).")
     return 0

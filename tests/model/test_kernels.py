@@ -17,7 +17,7 @@ from model.attention import (
     window_layout,
     window_mask,
 )
-from model.dit import qk_norm_pair
+from model.dit import modulate, per_frame, qk_norm_pair
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def kernel():
     """The compiled ops; the tests skip on machines where they cannot run (no AVX-512 BF16 or
     no C++ compiler), as the model then keeps torch's path."""
     if kernels.load() is None:
-        pytest.skip(f"CPU attention kernel unavailable: {kernels.unavailable() or 'no build'}")
+        pytest.skip(f"CPU kernels unavailable: {kernels.unavailable() or 'no build'}")
     return kernels.load()
 
 
@@ -111,6 +111,28 @@ def test_norm_rotate_equals_the_norms_then_the_rotation(kernel):
     assert got.shape == want.shape == (2, math.prod(grid), 2, d)
     assert (got - want).abs().max() < 2e-2 * want.abs().max()
     assert (got - want).norm() < 5e-3 * want.norm()  # torch's own bf16 roundings
+    # Without tables it is the norm alone (the cross-attention's q), as model.dit.qk_norm.
+    q = qk[:, :, 0]
+    with torch.inference_mode():
+        alone = kernels.norm_rotate(q.unsqueeze(2), norms[0].weight[None], 1e-6).squeeze(2)
+        plain = qk_norm_pair(qk, *norms)[:, :, 0]
+    assert (alone.float() - plain.float()).norm() < 5e-3 * plain.float().norm()
+
+
+def test_layer_norm_modulate_equals_the_norm_then_each_frames_modulation(kernel):
+    g = torch.Generator().manual_seed(4)
+    x = (3 * torch.randn(2, 6 * 40, 64, generator=g) + 1).bfloat16()  # 6 frames of 40 tokens
+    mod = (0.5 * torch.randn(2, 6, 2, 64, generator=g)).bfloat16()
+    shift, scale = mod.unbind(2)  # (B, F, D) each, strided like the model's
+    norm = torch.nn.LayerNorm(64, elementwise_affine=False, eps=1e-6)
+    with torch.inference_mode():
+        got = kernels.layer_norm_modulate(x, shift, scale, 1e-6).float()
+        want = modulate(
+            per_frame(norm(x.float()), 6), shift[:, :, None].float(), scale[:, :, None].float()
+        )
+    want = want.flatten(1, 2)
+    assert (got - want).abs().max() < 2e-2 * want.abs().max()
+    assert (got - want).norm() < 5e-3 * want.norm()  # one bf16 rounding: ~0.2 %
 
 
 def test_kernel_applies_only_where_it_can(kernel, monkeypatch):
@@ -145,7 +167,11 @@ def test_model_in_bf16_runs_the_kernel_and_matches_torchs_path(kernel, monkeypat
         calls.append((q.shape[1], k.shape[1]))  # (queries, keys) per group
         return kernel.attention(q, k, v, mask, scale)
 
-    ops = SimpleNamespace(attention=counted, norm_rotate=kernel.norm_rotate)
+    ops = SimpleNamespace(
+        attention=counted,
+        norm_rotate=kernel.norm_rotate,
+        layer_norm_modulate=kernel.layer_norm_modulate,
+    )
     monkeypatch.setattr(kernels, "load", lambda: ops)
     with torch.inference_mode():
         fused = net(x, t, text.bfloat16()).float()

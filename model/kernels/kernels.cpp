@@ -1,17 +1,20 @@
-// StreamDiT's attention in bf16 for CPUs with AVX-512 BF16 (model/kernels): the window
-// self-attention (a group per window) and the text cross-attention (a group per sample).
+// StreamDiT's CPU kernels in bf16 for CPUs with AVX-512 BF16 (model/kernels): attention
+// over groups (a window per group for the self-attention, a sample per group for the text
+// cross-attention), the q/k norm with the rotary rotation, and adaLN's norm with its
+// modulation. Built by torch.utils.cpp_extension (model/kernels/__init__.py); called as
+// torch.ops.streamdit.*.
 //
-// One task is one (group, head). Its keys and values are first repacked into channel pairs
-// (the operand layout of vdpbf16ps), then every four query rows go through scores, softmax
-// and the weighted sum of values while all they touch stays in the L1 cache: no (Lq, Lk)
-// score tensor is ever written to memory, and the scores stay float32 up to the softmax.
-// Built by torch.utils.cpp_extension (model/kernels/__init__.py); called as
-// torch.ops.streamdit.attention.
+// Attention: one task is one (group, head). Its keys and values are first repacked into
+// channel pairs (the operand layout of vdpbf16ps), then every four query rows go through
+// scores, softmax and the weighted sum of values while all they touch stays in the L1
+// cache: no (Lq, Lk) score tensor is ever written to memory, and the scores stay float32 up
+// to the softmax.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -41,9 +44,18 @@ inline __m512 exp_nonpositive(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-inline __m512 load_bf16(const at::BFloat16* src) {  // 16 bf16 -> 16 float
-  __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+inline __m512 widen(__m256i half) {  // 16 bf16 -> 16 float
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+
+inline __m512 load_bf16(const at::BFloat16* src) {  // 16 bf16 -> 16 float
+  return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+}
+
+inline __m512 load_bf16(const at::BFloat16* src, int64_t count) {  // the first `count`, 0s
+  if (count >= 16) return load_bf16(src);
+  const __mmask16 keep = count > 0 ? static_cast<__mmask16>((1u << count) - 1) : 0;
+  return widen(_mm256_maskz_loadu_epi16(keep, src));  // masked lanes are never read
 }
 
 inline void store_bf16(at::BFloat16* dst, __m512 x) {  // 16 float -> 16 bf16, rounded
@@ -69,11 +81,11 @@ struct Scratch {
 };
 
 // Scores of kRows query rows against NT tiles of 16 keys from key j0:
-// s[r][j] = scale * q[r] . k[j] + mask[r][j].
+// s[r][j] = scale * q[r] . k[j] + mask[r][j] (mask rows hold lk values).
 template <int NT>
 inline void score_tiles(const at::BFloat16* q, int64_t ldq, const uint32_t* kp, int64_t ldkp,
                         int64_t pairs, int64_t j0, const at::BFloat16* mask, int64_t ldm,
-                        float scale, float* s, int64_t lds) {
+                        int64_t lk, float scale, float* s, int64_t lds) {
   __m512 acc[kRows][NT];
 #pragma GCC unroll 4
   for (int r = 0; r < kRows; ++r)
@@ -96,8 +108,9 @@ inline void score_tiles(const at::BFloat16* q, int64_t ldq, const uint32_t* kp, 
 #pragma GCC unroll 4
     for (int t = 0; t < NT; ++t) {
       __m512 x = _mm512_mul_ps(acc[r][t], _mm512_set1_ps(scale));
-      if (mask) x = _mm512_add_ps(x, load_bf16(mask + r * ldm + j0 + 16 * t));
-      _mm512_storeu_ps(s + r * lds + j0 + 16 * t, x);
+      const int64_t j = j0 + 16 * t;
+      if (mask) x = _mm512_add_ps(x, load_bf16(mask + r * ldm + j, lk - j));
+      _mm512_storeu_ps(s + r * lds + j, x);
     }
 }
 
@@ -127,11 +140,11 @@ void attend(const at::BFloat16* q, int64_t ldq, const at::BFloat16* k, int64_t l
     const at::BFloat16* mi = mask ? mask + i0 * ldm : nullptr;
     int64_t j0 = 0;
     for (; j0 + 16 * kKeyTiles <= padded; j0 += 16 * kKeyTiles)
-      score_tiles<kKeyTiles>(qi, ldq, kp, padded, pairs, j0, mi, ldm, scale, s, padded);
+      score_tiles<kKeyTiles>(qi, ldq, kp, padded, pairs, j0, mi, ldm, lk, scale, s, padded);
     switch ((padded - j0) / 16) {  // the last one to three tiles
-      case 3: score_tiles<3>(qi, ldq, kp, padded, pairs, j0, mi, ldm, scale, s, padded); break;
-      case 2: score_tiles<2>(qi, ldq, kp, padded, pairs, j0, mi, ldm, scale, s, padded); break;
-      case 1: score_tiles<1>(qi, ldq, kp, padded, pairs, j0, mi, ldm, scale, s, padded); break;
+      case 3: score_tiles<3>(qi, ldq, kp, padded, pairs, j0, mi, ldm, lk, scale, s, padded); break;
+      case 2: score_tiles<2>(qi, ldq, kp, padded, pairs, j0, mi, ldm, lk, scale, s, padded); break;
+      case 1: score_tiles<1>(qi, ldq, kp, padded, pairs, j0, mi, ldm, lk, scale, s, padded); break;
       default: break;
     }
     // Softmax numerators exp(s - max) in bf16 (padding keys: 0); the division waits for
@@ -224,53 +237,105 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   return out;
 }
 
-// Queries and keys of the window self-attention, made ready in one pass: RMS-normalized
-// over all heads (statistics in float32), scaled by the norms' weights, then rotated by the
-// rotary tables. qk (B, S, 2, D) with a unit channel stride (a slice of the fused
-// projection), weight (2, D), cos and sin (S, 1, Dh) with the pair's sign folded into sin
-// (model.attention.rope_rotation) -> (B, S, 2, D) contiguous.
-at::Tensor norm_rotate(const at::Tensor& qk, const at::Tensor& weight, double eps,
+// Queries and keys made ready in one pass: RMS-normalized over all heads (statistics in
+// float32), scaled by the norms' weights, then rotated by the rotary tables when given.
+// x (B, S, N, D) with a unit channel stride (N = 2: the q/k slice of the fused projection),
+// weight (N, D), cos and sin (S, 1, Dh) with the pair's sign folded into sin
+// (model.attention.rope_rotation), or empty -> (B, S, N, D) contiguous.
+at::Tensor norm_rotate(const at::Tensor& x, const at::Tensor& weight, double eps,
                        const at::Tensor& cos, const at::Tensor& sin) {
-  TORCH_CHECK(qk.device().is_cpu() && qk.scalar_type() == at::kBFloat16 && qk.dim() == 4 &&
-                  qk.size(2) == 2 && qk.stride(3) == 1,
-              "norm_rotate takes a bf16 CPU (B, S, 2, D) with a unit channel stride");
-  const int64_t b = qk.size(0), slots = qk.size(1), d = qk.size(3), dh = cos.size(-1);
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kBFloat16 && x.dim() == 4 &&
+                  x.stride(3) == 1,
+              "norm_rotate takes a bf16 CPU (B, S, N, D) with a unit channel stride");
+  const int64_t b = x.size(0), slots = x.size(1), n = x.size(2), d = x.size(3);
+  const bool rotary = cos.numel() > 0;
+  const int64_t dh = rotary ? cos.size(-1) : d;
   TORCH_CHECK(d % 16 == 0 && dh % 16 == 0 && d % dh == 0, "norm_rotate needs heads of 16k");
   for (const at::Tensor* t : {&weight, &cos, &sin}) {
     TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous(),
                 "norm_rotate takes contiguous bf16 weights and tables");
   }
-  TORCH_CHECK(weight.numel() == 2 * d && cos.numel() == slots * dh && sin.numel() == slots * dh,
-              "norm_rotate: weight (2, D), cos and sin (S, 1, Dh)");
-  auto out = at::empty({b, slots, 2, d}, qk.options());
-  const auto* src = qk.data_ptr<at::BFloat16>();
+  TORCH_CHECK(weight.numel() == n * d &&
+                  (!rotary || (cos.numel() == slots * dh && sin.numel() == slots * dh)),
+              "norm_rotate: weight (N, D), cos and sin (S, 1, Dh) or empty");
+  auto out = at::empty({b, slots, n, d}, x.options());
+  const auto* src = x.data_ptr<at::BFloat16>();
   const auto* wp = weight.data_ptr<at::BFloat16>();
-  const auto* cp = cos.data_ptr<at::BFloat16>();
-  const auto* sp = sin.data_ptr<at::BFloat16>();
+  const auto* cp = rotary ? cos.data_ptr<at::BFloat16>() : nullptr;
+  const auto* sp = rotary ? sin.data_ptr<at::BFloat16>() : nullptr;
   auto* dst = out.data_ptr<at::BFloat16>();
-  const int64_t s0 = qk.stride(0), s1 = qk.stride(1), s2 = qk.stride(2);
+  const int64_t s0 = x.stride(0), s1 = x.stride(1), s2 = x.stride(2);
   at::parallel_for(0, b * slots, 64, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t slot = row % slots;
-      const at::BFloat16* c = cp + slot * dh;
-      const at::BFloat16* sn = sp + slot * dh;
-      for (int64_t which = 0; which < 2; ++which) {  // queries, then keys
-        const at::BFloat16* x = src + (row / slots) * s0 + slot * s1 + which * s2;
-        at::BFloat16* y = dst + (row * 2 + which) * d;
+      for (int64_t which = 0; which < n; ++which) {  // queries, then keys
+        const at::BFloat16* xr = src + (row / slots) * s0 + slot * s1 + which * s2;
+        at::BFloat16* y = dst + (row * n + which) * d;
         __m512 sq = _mm512_setzero_ps();
         for (int64_t i = 0; i < d; i += 16) {
-          __m512 v = load_bf16(x + i);
+          __m512 v = load_bf16(xr + i);
           sq = _mm512_fmadd_ps(v, v, sq);
         }
-        const float inv = 1.0f / std::sqrt(_mm512_reduce_add_ps(sq) / d + static_cast<float>(eps));
+        const __m512 inv = _mm512_set1_ps(
+            1.0f / std::sqrt(_mm512_reduce_add_ps(sq) / d + static_cast<float>(eps)));
         for (int64_t i = 0; i < d; i += 16) {
-          __m512 v = _mm512_mul_ps(_mm512_mul_ps(load_bf16(x + i), _mm512_set1_ps(inv)),
+          __m512 v = _mm512_mul_ps(_mm512_mul_ps(load_bf16(xr + i), inv),
                                    load_bf16(wp + which * d + i));
-          __m512 swapped = _mm512_permute_ps(v, 0xB1);  // (b0, a0, b1, a1, ...)
-          const int64_t j = i % dh;
-          __m512 r = _mm512_fmadd_ps(swapped, load_bf16(sn + j), _mm512_mul_ps(v, load_bf16(c + j)));
-          store_bf16(y + i, r);
+          if (rotary) {  // (a, b) -> (a c - b s, b c + a s), the sign folded into sin
+            const int64_t j = slot * dh + i % dh;
+            __m512 swapped = _mm512_permute_ps(v, 0xB1);  // (b0, a0, b1, a1, ...)
+            v = _mm512_fmadd_ps(swapped, load_bf16(sp + j), _mm512_mul_ps(v, load_bf16(cp + j)));
+          }
+          store_bf16(y + i, v);
         }
+      }
+    }
+  });
+  return out;
+}
+
+// adaLN: LayerNorm without weights, then each frame's scale and shift, in one pass:
+// out = (x - mean) / sqrt(var + eps) * (1 + scale[f]) + shift[f], statistics in float32.
+// x (B, L, D) contiguous, L = F * (tokens per frame); shift and scale (B, F, D) with a unit
+// channel stride -> (B, L, D).
+at::Tensor layer_norm_modulate(const at::Tensor& x, const at::Tensor& shift,
+                               const at::Tensor& scale, double eps) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kBFloat16 && x.dim() == 3 &&
+                  x.is_contiguous() && x.size(2) % 16 == 0,
+              "layer_norm_modulate takes a contiguous bf16 CPU (B, L, D), D a multiple of 16");
+  const int64_t b = x.size(0), l = x.size(1), d = x.size(2), frames = shift.size(1);
+  for (const at::Tensor* t : {&shift, &scale}) {
+    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->dim() == 3 && t->size(0) == b &&
+                    t->size(1) == frames && t->size(2) == d && t->stride(2) == 1,
+                "layer_norm_modulate: shift and scale (B, F, D) with a unit channel stride");
+  }
+  TORCH_CHECK(frames > 0 && l % frames == 0, "layer_norm_modulate: L must be F * tokens");
+  auto out = at::empty_like(x);
+  const auto* xp = x.data_ptr<at::BFloat16>();
+  const auto* shp = shift.data_ptr<at::BFloat16>();
+  const auto* scp = scale.data_ptr<at::BFloat16>();
+  auto* op = out.data_ptr<at::BFloat16>();
+  const int64_t per_frame = l / frames;
+  at::parallel_for(0, b * l, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t sample = row / l, frame = (row % l) / per_frame;
+      const at::BFloat16* xr = xp + row * d;
+      const at::BFloat16* sh = shp + sample * shift.stride(0) + frame * shift.stride(1);
+      const at::BFloat16* sc = scp + sample * scale.stride(0) + frame * scale.stride(1);
+      __m512 sum = _mm512_setzero_ps(), sq = _mm512_setzero_ps();
+      for (int64_t i = 0; i < d; i += 16) {
+        __m512 v = load_bf16(xr + i);
+        sum = _mm512_add_ps(sum, v);
+        sq = _mm512_fmadd_ps(v, v, sq);
+      }
+      const float mean = _mm512_reduce_add_ps(sum) / d;
+      const float var = std::max(_mm512_reduce_add_ps(sq) / d - mean * mean, 0.0f);
+      const __m512 inv = _mm512_set1_ps(1.0f / std::sqrt(var + static_cast<float>(eps)));
+      const __m512 mu = _mm512_set1_ps(mean), one = _mm512_set1_ps(1.0f);
+      for (int64_t i = 0; i < d; i += 16) {
+        __m512 n = _mm512_mul_ps(_mm512_sub_ps(load_bf16(xr + i), mu), inv);
+        __m512 gain = _mm512_add_ps(one, load_bf16(sc + i));
+        store_bf16(op + row * d + i, _mm512_fmadd_ps(n, gain, load_bf16(sh + i)));
       }
     }
   });
@@ -284,4 +349,6 @@ TORCH_LIBRARY(streamdit, m) {
         &attention);
   m.def("norm_rotate(Tensor qk, Tensor weight, float eps, Tensor cos, Tensor sin) -> Tensor",
         &norm_rotate);
+  m.def("layer_norm_modulate(Tensor x, Tensor shift, Tensor scale, float eps) -> Tensor",
+        &layer_norm_modulate);
 }
