@@ -112,7 +112,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor, gelu: bool = False) -> Tenso
     CPU inference takes oneDNN's linear with the bias and GELU fused into the matmul (the op
     inductor uses). In bf16 on AVX-512/AMX it is ~20% faster than F.linear, which first
     copies the broadcast bias into the output, and torch's tanh GELU alone costs ~4x the
-    matmul it follows. Training (autograd), autocast regions and other devices take the plain
+    matmul it follows; where the compiled kernels run (model.kernels) the GELU is theirs,
+    cheaper still. Training (autograd), autocast regions and other devices take the plain
     ops.
     """
     if (
@@ -124,8 +125,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor, gelu: bool = False) -> Tenso
         and _onednn_linear()
         and not torch.compiler.is_compiling()  # inductor fuses (and packs) on its own
     ):
-        attr, algorithm = ("gelu", "tanh") if gelu else ("none", "")
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, attr, [], algorithm)
+        own_gelu = gelu and kernels.runs(x)  # the kernels' GELU, after a plain matmul
+        attr, algorithm = ("gelu", "tanh") if gelu and not own_gelu else ("none", "")
+        out = torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, attr, [], algorithm)
+        return kernels.gelu_tanh_(out) if own_gelu else out
     out = F.linear(x, weight, bias)
     return F.gelu(out, approximate="tanh") if gelu else out
 

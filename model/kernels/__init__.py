@@ -9,6 +9,7 @@ Sapphire Rapids and later):
   between them (2-2.5x faster per layer on the `cpu` model, docs/PERFORMANCE.md).
 - `norm_rotate`: the q/k RMS norm and rotary rotation in one pass.
 - `layer_norm_modulate`: adaLN's LayerNorm and per-frame scale and shift in one pass.
+- `gelu_tanh_`: the MLP's GELU in place, at a fraction of the cost of oneDNN's fused one.
 
 Building takes ~10 s once and needs a C++ compiler and ninja; torch keeps the library in
 its extensions cache (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR) and rebuilds it
@@ -53,8 +54,8 @@ def unavailable() -> str | None:
 @functools.cache
 def load() -> Any:
     """The kernels' ops (torch.ops.streamdit: `attention`, `norm_rotate`,
-    `layer_norm_modulate`), built the first time; None when they cannot run here (the reason
-    is logged once)."""
+    `layer_norm_modulate`, `gelu_tanh_`), built the first time; None when they cannot run
+    here (the reason is logged once)."""
     reason = unavailable()
     if reason is not None:
         log.info("CPU kernels off: %s.", reason)
@@ -157,6 +158,17 @@ def layer_norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> 
     if ops is None:
         return None
     return ops.layer_norm_modulate(x.contiguous(), shift, scale, eps)
+
+
+def runs(x: Tensor) -> bool:
+    """Whether the kernels run on x: bf16 CPU inference (outside autograd, autocast and
+    torch.compile) on a machine where they built."""
+    return _inference(x) and load() is not None
+
+
+def gelu_tanh_(x: Tensor) -> Tensor:
+    """GELU (tanh approximation) in place on a contiguous x for which `runs(x)` holds."""
+    return load().gelu_tanh_(x)
 
 
 def main() -> int:

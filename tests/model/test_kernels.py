@@ -135,6 +135,19 @@ def test_layer_norm_modulate_equals_the_norm_then_each_frames_modulation(kernel)
     assert (got - want).norm() < 5e-3 * want.norm()  # one bf16 rounding: ~0.2 %
 
 
+def test_gelu_matches_torchs_tanh_gelu_in_place_with_a_tail(kernel):
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([4 * torch.randn(1000, generator=g), torch.tensor([-90.0, -8, 0, 8, 90])])
+    x = x.bfloat16()  # 1005 values: the last 13 go through the masked tail
+    want = torch.nn.functional.gelu(x.float(), approximate="tanh")
+    y = x.clone()
+    with torch.inference_mode():
+        out = kernels.gelu_tanh_(y)
+    assert out.data_ptr() == y.data_ptr()  # in place
+    assert (y.float() - want).abs().max() <= 1e-2 * want.abs().max()  # bf16's step at 90
+    assert torch.allclose(y.float(), want, rtol=1e-2, atol=1e-2)
+
+
 def test_kernel_applies_only_where_it_can(kernel, monkeypatch):
     q = torch.randn(1, 64, 2, 32).bfloat16()
     with torch.inference_mode():
@@ -171,6 +184,7 @@ def test_model_in_bf16_runs_the_kernel_and_matches_torchs_path(kernel, monkeypat
         attention=counted,
         norm_rotate=kernel.norm_rotate,
         layer_norm_modulate=kernel.layer_norm_modulate,
+        gelu_tanh_=kernel.gelu_tanh_,
     )
     monkeypatch.setattr(kernels, "load", lambda: ops)
     with torch.inference_mode():
