@@ -171,13 +171,7 @@ def few_keys_as_matmuls(q: Tensor) -> bool:
     """Whether attention over a few keys (the text) runs as plain matmuls: bf16 inference on
     a CPU, where that beats SDPA's kernel (`attention_as_matmuls`); float32 keeps SDPA, which
     is as fast there, so float32 outputs stay as they were, bit for bit."""
-    return (
-        q.device.type == "cpu"
-        and q.dtype == torch.bfloat16
-        and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
-    )
+    return kernels.bf16_cpu_inference(q)
 
 
 class Attention(nn.Module):

@@ -100,8 +100,9 @@ def _find_ninja() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
-def _inference(x: Tensor) -> bool:
-    """bf16 on a CPU outside autograd, autocast and torch.compile: where the kernels run."""
+def bf16_cpu_inference(x: Tensor) -> bool:
+    """bf16 on a CPU outside autograd, autocast and torch.compile: where the kernels run (and
+    where model.dit takes its other CPU fast paths)."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.bfloat16
@@ -120,7 +121,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor | 
     strided views welcome but channels contiguous; mask (G, Lq or 1, Lk) additive or None
     -> (G, Lq, Nh*Dh).
     """
-    ops = load() if _inference(q) and fits(q.device, q.dtype, q.shape[1], q.shape[-1]) else None
+    ops = (
+        load()
+        if bf16_cpu_inference(q) and fits(q.device, q.dtype, q.shape[1], q.shape[-1])
+        else None
+    )
     if ops is None:
         return None
     return ops.attention(q, k, v, q.new_empty(0) if mask is None else mask, q.shape[-1] ** -0.5)
@@ -138,7 +143,7 @@ def norm_rotate(
     bf16 once.
     """
     d, dh = x.shape[-1], x.shape[-1] if cos is None else cos.shape[-1]
-    ops = load() if _inference(x) and d % 16 == 0 and dh % 16 == 0 else None
+    ops = load() if bf16_cpu_inference(x) and d % 16 == 0 and dh % 16 == 0 else None
     if ops is None:
         return None
     none = x.new_empty(0)
@@ -154,7 +159,7 @@ def layer_norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> 
 
     x (B, L, D), L = F * tokens per frame; shift and scale (B, F, D) -> (B, L, D).
     """
-    ops = load() if _inference(x) and x.shape[-1] % 16 == 0 else None
+    ops = load() if bf16_cpu_inference(x) and x.shape[-1] % 16 == 0 else None
     if ops is None:
         return None
     return ops.layer_norm_modulate(x.contiguous(), shift, scale, eps)
@@ -163,7 +168,7 @@ def layer_norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> 
 def runs(x: Tensor) -> bool:
     """Whether the kernels run on x: bf16 CPU inference (outside autograd, autocast and
     torch.compile) on a machine where they built."""
-    return _inference(x) and load() is not None
+    return bf16_cpu_inference(x) and load() is not None
 
 
 def gelu_tanh_(x: Tensor) -> Tensor:

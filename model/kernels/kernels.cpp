@@ -81,6 +81,30 @@ struct Scratch {
         weights(kRows * padded_keys) {}
 };
 
+// acc[r][t] = sum over p < steps of a[r][2p], a[r][2p+1] . b[p][16t..16t+15] (vdpbf16ps):
+// kRows rows of A in bf16, `lda` apart, times NT tiles of 16 columns of B packed in pairs
+// (one uint32 per column and pair), rows `ldb` apart.
+template <int NT>
+__attribute__((always_inline)) inline void dot_tiles(const at::BFloat16* a, int64_t lda,
+                                                     const uint32_t* b, int64_t ldb,
+                                                     int64_t steps, __m512 (&acc)[kRows][NT]) {
+#pragma GCC unroll 4
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < steps; ++p) {
+    __m512bh cols[NT];
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t) cols[t] = (__m512bh)_mm512_loadu_si512(b + p * ldb + 16 * t);
+#pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r) {
+      const __m512bh ar = broadcast_pair(a + r * lda + 2 * p);
+#pragma GCC unroll 4
+      for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], ar, cols[t]);
+    }
+  }
+}
+
 // Scores of kRows query rows against NT tiles of 16 keys from key j0:
 // s[r][j] = scale * q[r] . k[j] + mask[r][j] (mask rows hold lk values).
 template <int NT>
@@ -88,22 +112,7 @@ inline void score_tiles(const at::BFloat16* q, int64_t ldq, const uint32_t* kp, 
                         int64_t pairs, int64_t j0, const at::BFloat16* mask, int64_t ldm,
                         int64_t lk, float scale, float* s, int64_t lds) {
   __m512 acc[kRows][NT];
-#pragma GCC unroll 4
-  for (int r = 0; r < kRows; ++r)
-#pragma GCC unroll 4
-    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < pairs; ++c) {
-    __m512bh keys[NT];
-#pragma GCC unroll 4
-    for (int t = 0; t < NT; ++t)
-      keys[t] = (__m512bh)_mm512_loadu_si512(kp + c * ldkp + j0 + 16 * t);
-#pragma GCC unroll 4
-    for (int r = 0; r < kRows; ++r) {
-      __m512bh qr = broadcast_pair(q + r * ldq + 2 * c);
-#pragma GCC unroll 4
-      for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], qr, keys[t]);
-    }
-  }
+  dot_tiles<NT>(q, ldq, kp + j0, ldkp, pairs, acc);
 #pragma GCC unroll 4
   for (int r = 0; r < kRows; ++r)
 #pragma GCC unroll 4
@@ -169,22 +178,7 @@ void attend(const at::BFloat16* q, int64_t ldq, const at::BFloat16* k, int64_t l
     // Output: out[i0+r] = sum_j w[r][j] v[j] / sum_j w[r][j].
     for (int64_t d0 = 0; d0 < dh; d0 += 16 * kDimTiles) {
       __m512 acc[kRows][kDimTiles];
-#pragma GCC unroll 4
-      for (int r = 0; r < kRows; ++r)
-#pragma GCC unroll 2
-        for (int t = 0; t < kDimTiles; ++t) acc[r][t] = _mm512_setzero_ps();
-      for (int64_t jp = 0; jp < padded / 2; ++jp) {
-        __m512bh vals[kDimTiles];
-#pragma GCC unroll 2
-        for (int t = 0; t < kDimTiles; ++t)
-          vals[t] = (__m512bh)_mm512_loadu_si512(vp + jp * dh + d0 + 16 * t);
-#pragma GCC unroll 4
-        for (int r = 0; r < kRows; ++r) {
-          __m512bh wr = broadcast_pair(w + r * padded + 2 * jp);
-#pragma GCC unroll 2
-          for (int t = 0; t < kDimTiles; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wr, vals[t]);
-        }
-      }
+      dot_tiles<kDimTiles>(w, padded, vp + d0, dh, padded / 2, acc);
 #pragma GCC unroll 4
       for (int r = 0; r < kRows; ++r)
 #pragma GCC unroll 2
