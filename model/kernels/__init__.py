@@ -21,10 +21,13 @@ whether it runs here.
 
 from __future__ import annotations
 
+import argparse
 import functools
+import hashlib
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -66,7 +69,7 @@ def load() -> Any:
     try:
         _find_ninja()
         build(
-            name="streamdit_kernels",
+            name=_build_name(),
             sources=[str(SOURCE)],
             extra_cflags=FLAGS,
             extra_ldflags=["-fopenmp"],
@@ -89,6 +92,13 @@ def fits(device: torch.device, dtype: torch.dtype, queries: int, head_dim: int) 
         and queries % QUERY_MULTIPLE == 0
         and head_dim % HEAD_MULTIPLE == 0
     )
+
+
+def _build_name() -> str:
+    """The library's name in torch's extensions cache, one per Python environment and torch
+    version: two checkouts would otherwise rebuild it each time the other one ran."""
+    digest = hashlib.sha1(f"{sys.prefix}|{torch.__version__}".encode()).hexdigest()[:10]
+    return f"streamdit_kernels_{digest}"
 
 
 def _find_ninja() -> None:
@@ -176,8 +186,14 @@ def gelu_tanh_(x: Tensor) -> Tensor:
     return load().gelu_tanh_(x)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Build the kernels now and say whether they run here (`make install` calls this)."""
+    argparse.ArgumentParser(
+        prog="python -m model.kernels",
+        description="Compile StreamDiT's CPU kernels (bf16, AVX-512 BF16) now, into torch's "
+        "extension cache, and say whether they run on this machine. Where they cannot, the "
+        f"model runs torch's ops; {ENV}=0 turns them off.",
+    ).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # a failed build's error
     start = time.perf_counter()
     if load() is None:
