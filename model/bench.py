@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
             "matmul_peak_tflops": peak / 1e12,
             "achieved_over_peak": flops / sec / peak,
             "window_over_full_time": sec / sec_full,
-            # whether the windows ran the compiled kernel (model.kernels) rather than SDPA
+            # whether the attention ran the compiled kernels (model.kernels) rather than SDPA
             "cpu_attention_kernel": kernels.fits(
                 torch.device(args.device), dtype, window, cfg.head_dim
             )

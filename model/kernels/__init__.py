@@ -11,12 +11,12 @@ Sapphire Rapids and later):
 - `layer_norm_modulate`: adaLN's LayerNorm and per-frame scale and shift in one pass.
 - `gelu_tanh_`: the MLP's GELU in place, at a fraction of the cost of oneDNN's fused one.
 
-Building takes ~10 s once and needs a C++ compiler and ninja; torch keeps the library in
-its extensions cache (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR) and rebuilds it
-only when the source changes. Where it cannot build, on other CPUs, and with
-STREAMDIT_KERNELS=0 in the environment the model keeps torch's SDPA path, with the same
-numbers up to bf16 rounding. `python -m model.kernels` builds it ahead of time and says
-whether it runs here.
+Building takes 10-16 s once and needs a C++ compiler and ninja; torch keeps the library in
+its extensions cache (~/.cache/torch_extensions, or $TORCH_EXTENSIONS_DIR), one per Python
+environment and torch version, and rebuilds it only when the source changes. Where it
+cannot build, on other CPUs, and with STREAMDIT_KERNELS=0 in the environment the model keeps
+torch's ops, with the same numbers up to bf16 rounding. `python -m model.kernels` builds it
+ahead of time and says whether it runs here.
 """
 
 from __future__ import annotations
