@@ -1,10 +1,13 @@
+import gc
 import math
 from pathlib import Path
 
 import attention_reference as reference
 import pytest
 import torch
+from torch import nn
 
+import model.dit as dit_module
 from model import CONFIGS, StreamDiT, kernels
 from model.attention import plan_windows, rope_tables
 from model.bundle import load_bundle, read_bundle_info
@@ -14,6 +17,8 @@ from model.dit import (
     fast_bf16_cpu,
     few_keys_as_matmuls,
     inference_dtype,
+    linear,
+    packed_weight,
     qk_norm,
     qk_norm_pair,
     window_layouts,
@@ -242,6 +247,28 @@ def test_cross_attention_in_bf16_takes_matmuls_and_matches_float32():
         full = attn(x, context, mask)
         half = attn.bfloat16()(x.bfloat16(), context.bfloat16(), mask.bfloat16()).float()
     assert (half - full).abs().max() < 2e-2 * full.abs().max()
+
+
+def test_packed_bf16_weights_give_the_same_numbers_and_follow_weight_updates():
+    """oneDNN's blocked weights are made once per weight and version: bit-identical outputs,
+    a new pack after an in-place update, and no entry left once the weight is gone."""
+    layer = nn.Linear(64, 96).bfloat16()
+    x = torch.randn(2, 50, 64).bfloat16()
+
+    def unpacked(w, b):
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+    with torch.no_grad():
+        assert torch.equal(linear(x, layer.weight, layer.bias), unpacked(layer.weight, layer.bias))
+        assert packed_weight(layer.weight) is packed_weight(layer.weight)  # cached
+        layer.weight.mul_(2)  # an in-place update bumps the version
+        assert torch.equal(linear(x, layer.weight, layer.bias), unpacked(layer.weight, layer.bias))
+        fused = packed_weight(layer.weight, layer.weight)  # stacked parts: an entry of its own
+        assert fused.shape == (192, 64)
+    entries = len(dit_module._PACKED)
+    del layer, fused
+    gc.collect()
+    assert len(dit_module._PACKED) == entries - 2
 
 
 def test_wrong_inputs_give_clear_errors():
