@@ -136,22 +136,22 @@ def packed_weight(*parts: Tensor) -> Tensor:
     version (any in-place update). A bf16 CPU inference call then neither concatenates nor
     reorders its weights: ~5 % of a `cpu` model call at 2 threads, the same numbers bit for
     bit. An entry goes when its first part does."""
-    weight = parts[0] if len(parts) == 1 else None
+
+    def whole() -> Tensor:  # made only on a cache miss
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
     if not _onednn_packing():
-        return weight if weight is not None else torch.cat(parts)
+        return whole()
     try:
         stamp = tuple((p.data_ptr(), p._version) for p in parts)
     except RuntimeError:  # inference tensors keep no version: pack on every call
-        return torch.ops.mkldnn._reorder_linear_weight(
-            weight if weight is not None else torch.cat(parts)
-        )
+        return torch.ops.mkldnn._reorder_linear_weight(whole())
     key = (id(parts[0]), len(parts))
     hit = _PACKED.get(key)
     if hit is None or hit[0] != stamp:
         if hit is None:
             weakref.finalize(parts[0], _PACKED.pop, key, None)
-        weight = weight if weight is not None else torch.cat(parts)
-        hit = _PACKED[key] = (stamp, torch.ops.mkldnn._reorder_linear_weight(weight))
+        hit = _PACKED[key] = (stamp, torch.ops.mkldnn._reorder_linear_weight(whole()))
     return hit[1]
 
 

@@ -39,8 +39,7 @@ log = logging.getLogger(__name__)
 
 ENV = "STREAMDIT_KERNELS"  # "0" keeps torch's ops
 SOURCE = Path(__file__).with_name("kernels.cpp")
-FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]
-FLAGS += ["-mavx512bf16", "-mfma"]
+FLAGS = ["-O3", "-fopenmp", "-mfma"] + [f"-mavx512{x}" for x in ("f", "bw", "vl", "dq", "bf16")]
 # The kernel's tiles: queries by 4, head channels by 32 (keys are padded inside).
 QUERY_MULTIPLE, HEAD_MULTIPLE = 4, 32
 
